@@ -1,0 +1,51 @@
+"""The project's exceptions: one base class, one subclass per thing that can go wrong."""
+from __future__ import annotations
+
+
+class ClipSearchError(Exception):
+    """Base class of every error clipsearch raises on purpose."""
+
+
+class ModelError(ClipSearchError):
+    """A model name, pretrained tag or checkpoint could not be used."""
+
+
+class WeightsUnavailableError(ModelError):
+    """Pretrained weights are neither cached locally nor downloadable."""
+
+
+class ModelMismatchError(ClipSearchError):
+    """A library was opened with a different model than the one it was built with."""
+
+
+class ImageLoadError(ClipSearchError):
+    """A file could not be decoded into an RGB image; `path` and `reason` say which and why."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class CatalogError(ClipSearchError):
+    """The library's SQLite catalog is unusable."""
+
+
+class SchemaVersionError(CatalogError):
+    """The catalog was written by a newer clipsearch."""
+
+
+class IndexFileError(ClipSearchError):
+    """A FAISS index file is missing, damaged or inconsistent with the catalog."""
+
+
+class QueryError(ClipSearchError):
+    """A search query could not be parsed or has nothing to search with."""
+
+
+class PhotoRootError(ClipSearchError):
+    """A folder to index is missing, unreadable or suspiciously empty."""
+
+
+class LibraryLockedError(ClipSearchError):
+    """Another process is already writing to this library."""
