@@ -1,0 +1,309 @@
+"""The library's SQLite catalog: images, their vectors, the text collection and metadata.
+
+The catalog is the source of truth. The FAISS index is derived from the vectors stored
+here and can always be rebuilt from them without re-encoding a photo.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from clipsearch.errors import CatalogError, SchemaVersionError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- AUTOINCREMENT: an id is never reused, so a stale index entry can't point at a new photo.
+CREATE TABLE IF NOT EXISTS images (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    path       TEXT NOT NULL UNIQUE,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+    error      TEXT,
+    width      INTEGER,
+    height     INTEGER,
+    indexed_at REAL NOT NULL
+);
+-- Vectors apart from the rows, so a diff over a million paths doesn't read 2 GB of floats.
+CREATE TABLE IF NOT EXISTS vectors (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    vector   BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS texts (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    text     TEXT NOT NULL UNIQUE,
+    vector   BLOB NOT NULL,
+    added_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One catalogued file. `status` is 'ok' (indexed) or 'error' (skipped; `error` says why)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    indexed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image ready to be written: its file facts and its vector."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    vector: np.ndarray
+    width: int | None = None
+    height: int | None = None
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _prefix_bounds(folder: str) -> tuple[str, str]:
+    # Paths under "a/b" are exactly those in ["a/b/", "a/b0"): '0' sorts right after '/'.
+    folder = folder.rstrip("/")
+    return folder + "/", folder + "0"
+
+
+class Catalog:
+    """A library's SQLite database. Not thread-safe: one Catalog per thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"{self.path} is not a usable clipsearch catalog ({exc}); "
+                               "move it aside and index again") from exc
+        self._in_tx = False
+
+    def _check_schema(self) -> None:
+        has_meta = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        if has_meta:
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path} has catalog schema version {version}, newer than this clipsearch "
+                    f"understands ({SCHEMA_VERSION}); upgrade clipsearch to open it")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes: all of them land, or none (also on a crash)."""
+        if self._in_tx:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield
+            self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        finally:
+            self._in_tx = False
+
+    # -- metadata -------------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         (key, text))
+
+    def meta(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every committed transaction; the index records the one it matches."""
+        return int(self.get_meta("generation", "0") or 0)
+
+    # -- images ---------------------------------------------------------------------
+    def images_under(self, root: str) -> dict[str, ImageRow]:
+        """Every catalogued file under folder `root` (absolute), keyed by path."""
+        lo, hi = _prefix_bounds(root)
+        rows = self._db.execute(
+            "SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at FROM images "
+            "WHERE path >= ? AND path < ?", (lo, hi))
+        return {r[1]: ImageRow(*r) for r in rows}
+
+    def ids_under(self, folder: str) -> np.ndarray:
+        """Ids of indexed (status ok) images under `folder`."""
+        lo, hi = _prefix_bounds(folder)
+        rows = self._db.execute("SELECT id FROM images WHERE status='ok' AND path >= ? AND path < ?", (lo, hi))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def get_images(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = [int(i) for i in ids]
+        out: dict[int, ImageRow] = {}
+        for start in range(0, len(ids), 900):  # SQLite's parameter limit
+            chunk = ids[start:start + 900]
+            marks = ",".join("?" * len(chunk))
+            for r in self._db.execute(
+                    f"SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at FROM images "
+                    f"WHERE id IN ({marks})", chunk):
+                out[r[0]] = ImageRow(*r)
+        return out
+
+    def get_image(self, image_id: int) -> ImageRow | None:
+        return self.get_images([image_id]).get(int(image_id))
+
+    def find_path(self, path: str) -> ImageRow | None:
+        r = self._db.execute("SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at "
+                             "FROM images WHERE path=?", (path,)).fetchone()
+        return ImageRow(*r) if r else None
+
+    def add_images(self, images: Sequence[NewImage]) -> list[int]:
+        """Insert indexed images (replacing any row with the same path); returns their new ids."""
+        now = time.time()
+        ids = []
+        with self.transaction():
+            for im in images:
+                self._db.execute("DELETE FROM images WHERE path=?", (im.path,))
+                cur = self._db.execute(
+                    "INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at) "
+                    "VALUES (?, ?, ?, 'ok', ?, ?, ?)", (im.path, im.size, im.mtime_ns, im.width, im.height, now))
+                ids.append(int(cur.lastrowid))
+                self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)", (cur.lastrowid, _blob(im.vector)))
+        return ids
+
+    def add_failures(self, failures: Sequence[tuple[str, int, int, str]]) -> None:
+        """Record files that could not be indexed as (path, size, mtime_ns, reason), so they aren't retried until they change."""
+        now = time.time()
+        with self.transaction():
+            for path, size, mtime_ns, reason in failures:
+                self._db.execute("DELETE FROM images WHERE path=?", (path,))
+                self._db.execute(
+                    "INSERT INTO images(path, size, mtime_ns, status, error, indexed_at) VALUES (?, ?, ?, 'error', ?, ?)",
+                    (path, size, mtime_ns, reason, now))
+
+    def remove_images(self, ids: Iterable[int]) -> int:
+        ids = [int(i) for i in ids]
+        with self.transaction():
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                self._db.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+        return len(ids)
+
+    def count(self, status: str | None = "ok") -> int:
+        if status is None:
+            return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM images WHERE status=?", (status,)).fetchone()[0])
+
+    def failures(self, limit: int | None = None) -> list[ImageRow]:
+        sql = ("SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at FROM images "
+               "WHERE status='error' ORDER BY path")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [ImageRow(*r) for r in self._db.execute(sql)]
+
+    def ok_ids(self) -> np.ndarray:
+        return np.fromiter((r[0] for r in self._db.execute("SELECT id FROM images WHERE status='ok' ORDER BY id")),
+                           dtype=np.int64)
+
+    def iter_vectors(self, dim: int, batch: int = 8192, ids: Sequence[int] | None = None
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Stored image vectors as (ids, vectors) blocks, optionally only for `ids`."""
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                rows = self._db.execute(
+                    f"SELECT image_id, vector FROM vectors WHERE image_id IN ({','.join('?' * len(chunk))}) "
+                    "ORDER BY image_id", chunk).fetchall()
+                if rows:
+                    yield self._unpack(rows, dim)
+            return
+        last = -1
+        while True:
+            rows = self._db.execute("SELECT image_id, vector FROM vectors WHERE image_id > ? ORDER BY image_id LIMIT ?",
+                                    (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield self._unpack(rows, dim)
+
+    @staticmethod
+    def _unpack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+        return ids, vecs
+
+    def vectors_for(self, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        for block_ids, vecs in self.iter_vectors(dim, ids=ids):
+            out.update(zip(block_ids.tolist(), vecs))
+        return out
+
+    # -- texts ----------------------------------------------------------------------
+    def add_texts(self, texts: Sequence[str], vectors: np.ndarray) -> int:
+        """Add texts to the collection, skipping ones already there; returns how many were new."""
+        now = time.time()
+        added = 0
+        with self.transaction():
+            for text, vec in zip(texts, vectors):
+                cur = self._db.execute("INSERT OR IGNORE INTO texts(text, vector, added_at) VALUES (?, ?, ?)",
+                                       (text, _blob(vec), now))
+                added += cur.rowcount
+        return added
+
+    def remove_texts(self, texts: Sequence[str]) -> int:
+        removed = 0
+        with self.transaction():
+            for text in texts:
+                removed += self._db.execute("DELETE FROM texts WHERE text=?", (text,)).rowcount
+        return removed
+
+    def texts(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT text FROM texts ORDER BY id")]
+
+    def text_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM texts").fetchone()[0])
+
+    def text_vectors(self, dim: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        rows = self._db.execute("SELECT id, text, vector FROM texts ORDER BY id").fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = (np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+                if rows else np.zeros((0, dim), np.float32))
+        return ids, [r[1] for r in rows], vecs

@@ -1,0 +1,317 @@
+"""`Library`: the public façade over one library folder (catalog + index + model).
+
+    with Library.open("my-library") as lib:
+        lib.index("~/Pictures")
+        hits = lib.search("a red car at night", k=20)
+
+A library folder holds everything clipsearch writes: `catalog.sqlite` (paths, vectors,
+texts, metadata), `index.faiss` (+ `.json` sidecar), `lock`, and caches.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from clipsearch.catalog import Catalog, ImageRow
+from clipsearch.errors import ClipSearchError, IndexFileError, LibraryLockedError, ModelMismatchError
+from clipsearch.index import VectorIndex
+from clipsearch.indexer import Indexer, IndexReport
+from clipsearch.search import Hit, Searcher, TextHit
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipsearch.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+INDEX_FILE = "index.faiss"
+LOCK_FILE = "lock"
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class LibraryInfo:
+    """What `clipsearch info` shows."""
+
+    folder: str
+    model: str
+    pretrained: str | None
+    dim: int
+    images: int
+    failed: int
+    texts: int
+    index_kind: str
+    index_count: int
+    roots: list[str]
+    last_report: dict | None
+
+
+def _pretrained_key(value: str | None) -> str:
+    if value is None or value.lower() in ("none", "random"):
+        return "none"
+    return os.path.abspath(value) if os.path.isfile(value) else value
+
+
+class Library:
+    """One library folder. Use `Library.open`; close it (or use `with`) when done."""
+
+    def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex, *, model: str,
+                 pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None) -> None:
+        self.folder = folder
+        self.catalog = catalog
+        self.vector_index = index
+        self.model = model
+        self.pretrained = pretrained
+        self.device = device
+        self._encoder = encoder
+        self.searcher = Searcher(catalog, index, lambda: self.encoder)
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | os.PathLike, model: str | None = None, pretrained: str | None = _UNSET, *,
+             encoder: "Encoder | None" = None, device: str | None = None, create: bool = True) -> "Library":
+        """Open (or create) the library in `folder`.
+
+        A new library uses `model`/`pretrained` (default: the bundled toyworld model); an
+        existing one uses the model it was built with, and naming another is a
+        ModelMismatchError. Pass `encoder` to use an already loaded (or fake) encoder.
+        """
+        from clipsearch.encoder import DEFAULT_MODEL, default_pretrained
+
+        folder = Path(os.path.expanduser(os.fspath(folder))).absolute()
+        db = folder / CATALOG_FILE
+        if not db.exists() and not create:
+            raise ClipSearchError(f"no clipsearch library in {folder}; index a folder first "
+                                  f"(clipsearch index PHOTOS --library {folder})")
+        folder.mkdir(parents=True, exist_ok=True)
+        catalog = Catalog(db)
+        try:
+            stored_model = catalog.get_meta("model")
+            if encoder is not None:
+                model = model or encoder.name
+                pretrained = encoder.pretrained if pretrained is _UNSET else pretrained
+            if stored_model is None:
+                model = model or DEFAULT_MODEL
+                if pretrained is _UNSET:
+                    pretrained = default_pretrained(model)
+                if encoder is None:
+                    encoder = _load_encoder(model, pretrained, device)
+                catalog.set_meta("model", model)
+                catalog.set_meta("pretrained", _pretrained_key(pretrained))
+                catalog.set_meta("dim", str(encoder.dim))
+            else:
+                stored_pre = catalog.get_meta("pretrained")
+                if model is not None and model != stored_model or (
+                        pretrained is not _UNSET and _pretrained_key(pretrained) != stored_pre):
+                    asked = f"{model or stored_model}/{_pretrained_key(pretrained) if pretrained is not _UNSET else stored_pre}"
+                    raise ModelMismatchError(
+                        f"library {folder} was built with model {stored_model}/{stored_pre}, not {asked}: "
+                        "open it without --model/--pretrained, or use another --library folder for the other model")
+                model, pretrained = stored_model, (None if stored_pre == "none" else stored_pre)
+            dim = int(catalog.get_meta("dim") or 0)
+            if encoder is not None and encoder.dim != dim:
+                raise ModelMismatchError(f"encoder gives {encoder.dim}-d vectors but library {folder} holds {dim}-d ones")
+            index = _load_or_rebuild_index(folder / INDEX_FILE, catalog, dim)
+        except BaseException:
+            catalog.close()
+            raise
+        return cls(folder, catalog, index, model=model, pretrained=pretrained, encoder=encoder, device=device)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encoder(self) -> "Encoder":
+        """The model, loaded on first use and kept for every later query."""
+        if self._encoder is None:
+            self._encoder = _load_encoder(self.model, self.pretrained, self.device)
+        return self._encoder
+
+    @property
+    def dim(self) -> int:
+        return self.vector_index.dim
+
+    # -- writing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _write_lock(self) -> Iterator[None]:
+        fh = open(self.folder / LOCK_FILE, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LibraryLockedError(
+                    f"another clipsearch process is writing to library {self.folder}; "
+                    "wait for it to finish and run this again") from None
+            yield
+        finally:
+            fh.close()
+
+    def save_index(self) -> None:
+        """Write the index to disk atomically, stamped with the catalog generation it matches."""
+        self.vector_index.save(self.folder / INDEX_FILE, self.catalog.generation)
+
+    def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
+              exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64) -> IndexReport:
+        """Index the photos under `root` incrementally: only new and changed files are encoded."""
+        with self._write_lock():
+            indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
+                              batch_size=batch_size)
+            report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty)
+            roots = set(self.roots())
+            roots.add(report.root)
+            self.catalog.set_meta("roots", sorted(roots))
+            self.catalog.set_meta("last_report", report.to_dict())
+        return report
+
+    def rebuild_index(self) -> int:
+        """Rebuild the index from the stored vectors (no re-encoding); returns the count."""
+        with self._write_lock():
+            self.vector_index = _build_from_catalog(self.catalog, self.dim, self.vector_index.meta.kind)
+            self.searcher.index = self.vector_index
+            self.save_index()
+        return self.vector_index.ntotal
+
+    def add_texts(self, texts: Sequence[str]) -> int:
+        """Add captions or labels to the text collection (for image→text); returns how many were new."""
+        clean = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+        if not clean:
+            return 0
+        vectors = self.encoder.encode_texts(clean)
+        added = self.catalog.add_texts(clean, vectors)
+        self.searcher.invalidate_texts()
+        return added
+
+    def remove_texts(self, texts: Sequence[str]) -> int:
+        removed = self.catalog.remove_texts(list(texts))
+        self.searcher.invalidate_texts()
+        return removed
+
+    def texts(self) -> list[str]:
+        return self.catalog.texts()
+
+    # -- reading ------------------------------------------------------------------------
+    def search(self, query: str, k: int = 20, *, min_score: float | None = None,
+               folder: str | os.PathLike | None = None) -> list[Hit]:
+        """Text→image search; the query may use arithmetic (`beach + sunset - people`, `2:dog`, `photo.jpg + night`)."""
+        return self.searcher.search_vector(self.searcher.query_vector(query), k, min_score=min_score,
+                                           folder=os.fspath(folder) if folder else None)
+
+    def search_image(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 20, *,
+                     text: str | None = None, text_weight: float = 1.0, min_score: float | None = None,
+                     folder: str | os.PathLike | None = None, exclude_self: bool = True) -> list[Hit]:
+        """Image→image search. `image` is a path, bytes, a PIL image or an indexed id; `text` modifies it ("at night")."""
+        from clipsearch.search import combine
+
+        vec = self.searcher.image_vector(image)
+        if text:
+            vec = combine(np.stack([vec, self.searcher.query_vector(text)]), [1.0, text_weight])
+        exclude = ()
+        if exclude_self:
+            exclude = (int(image),) if isinstance(image, (int, np.integer)) else self._ids_of_path(image)
+        return self.searcher.search_vector(vec, k, min_score=min_score, folder=os.fspath(folder) if folder else None,
+                                           exclude_ids=exclude)
+
+    def _ids_of_path(self, image: object) -> tuple[int, ...]:
+        if isinstance(image, (str, os.PathLike)):
+            row = self.catalog.find_path(os.path.abspath(os.path.expanduser(os.fspath(image))))
+            if row is not None and row.status == "ok":
+                return (row.id,)
+        return ()
+
+    def search_vector(self, vector: np.ndarray, k: int = 20, **filters: Any) -> list[Hit]:
+        return self.searcher.search_vector(np.asarray(vector, np.float32), k, **filters)
+
+    def query_vector(self, query: str) -> np.ndarray:
+        """The unit vector a query string maps to (for maps and custom search)."""
+        return self.searcher.query_vector(query)
+
+    def describe(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 5) -> list[TextHit]:
+        """Image→text: the closest entries of the text collection."""
+        return self.searcher.describe_vector(self.searcher.image_vector(image), k)
+
+    def get_image(self, image_id: int) -> ImageRow | None:
+        return self.catalog.get_image(image_id)
+
+    def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Stored (ids, vectors) of indexed images, all or the given ids."""
+        blocks = list(self.catalog.iter_vectors(self.dim, ids=ids))
+        if not blocks:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+    def roots(self) -> list[str]:
+        return json.loads(self.catalog.get_meta("roots") or "[]")
+
+    def last_report(self) -> IndexReport | None:
+        raw = self.catalog.get_meta("last_report")
+        return IndexReport.from_dict(json.loads(raw)) if raw else None
+
+    def info(self) -> LibraryInfo:
+        raw = self.catalog.get_meta("last_report")
+        return LibraryInfo(
+            folder=str(self.folder), model=self.model, pretrained=self.pretrained, dim=self.dim,
+            images=self.catalog.count("ok"), failed=self.catalog.count("error"), texts=self.catalog.text_count(),
+            index_kind=self.vector_index.meta.kind, index_count=self.vector_index.ntotal, roots=self.roots(),
+            last_report=json.loads(raw) if raw else None,
+        )
+
+
+def _load_encoder(model: str, pretrained: str | None, device: str | None) -> "Encoder":
+    from clipsearch.encoder import load_encoder
+
+    return load_encoder(model, pretrained, device=device)
+
+
+def _build_from_catalog(catalog: Catalog, dim: int, kind: str = "flat") -> VectorIndex:
+    index = VectorIndex.create(dim, kind)
+    for ids, vecs in catalog.iter_vectors(dim):
+        index.add(ids, vecs)
+    return index
+
+
+def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorIndex:
+    """The saved index if it matches the catalog; otherwise it is repaired from stored vectors."""
+    if not path.exists():
+        if catalog.count("ok"):
+            log.warning("index file %s is missing; rebuilding it from %d stored vectors", path, catalog.count("ok"))
+        return _build_from_catalog(catalog, dim)
+    try:
+        index = VectorIndex.load(path)
+    except IndexFileError as exc:
+        log.warning("%s; rebuilding it from the stored vectors", exc)
+        return _build_from_catalog(catalog, dim)
+    if index.dim != dim:
+        log.warning("index %s has dimension %d, catalog %d; rebuilding", path, index.dim, dim)
+        return _build_from_catalog(catalog, dim, index.meta.kind)
+    if index.meta.generation != catalog.generation:
+        _reconcile(index, catalog, dim)
+    return index
+
+
+def _reconcile(index: VectorIndex, catalog: Catalog, dim: int) -> None:
+    # After a crash the index may lag the catalog: add what's missing, drop what's gone.
+    have = index.ids()
+    want = catalog.ok_ids()
+    extra = np.setdiff1d(have, want)
+    missing = np.setdiff1d(want, have)
+    if len(extra):
+        index.remove(extra)
+    for ids, vecs in catalog.iter_vectors(dim, ids=missing.tolist()):
+        index.add(ids, vecs)
+    log.info("index reconciled with catalog: %d added, %d removed", len(missing), len(extra))
