@@ -270,6 +270,11 @@ class ClipEncoder:
         return np.concatenate(out)
 
 
+def _drop_open_clip_random_warning(record: logging.LogRecord) -> bool:
+    # open_clip logs this on the root logger; we already warned in our own words.
+    return not str(record.msg).startswith("No pretrained weights loaded")
+
+
 def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TAG, *, device: str | None = None,
                  cache_dir: str | None = None, allow_download: bool | None = None) -> ClipEncoder:
     """Build an open_clip model by name (or JSON config path) with the weights `pretrained` names.
@@ -295,6 +300,8 @@ def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TA
     if weights.path is None:
         log.warning("model %s has random weights (pretrained=%s): search results will be meaningless", name, pretrained)
     try:
+        root_logger = logging.getLogger()
+        root_logger.addFilter(_drop_open_clip_random_warning)
         # Seeded, so a random-weight model is the same in every process (index now, query later).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_RANDOM_INIT_SEED)
@@ -309,5 +316,7 @@ def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TA
         tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         raise ModelError(f"could not build model {name} with weights {weights.path or 'random'}: {exc}") from exc
+    finally:
+        root_logger.removeFilter(_drop_open_clip_random_warning)
     log.info("loaded %s/%s on %s", name, pretrained, dev)
     return ClipEncoder(clip, preprocess, tokenizer, name=name, pretrained=pretrained, device=dev)

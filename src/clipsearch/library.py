@@ -113,7 +113,9 @@ class Library:
                 stored_pre = catalog.get_meta("pretrained")
                 if model is not None and model != stored_model or (
                         pretrained is not _UNSET and _pretrained_key(pretrained) != stored_pre):
-                    asked = f"{model or stored_model}/{_pretrained_key(pretrained) if pretrained is not _UNSET else stored_pre}"
+                    asked = model or stored_model
+                    if pretrained is not _UNSET:
+                        asked += f"/{_pretrained_key(pretrained)}"
                     raise ModelMismatchError(
                         f"library {folder} was built with model {stored_model}/{stored_pre}, not {asked}: "
                         "open it without --model/--pretrained, or use another --library folder for the other model")

@@ -1,0 +1,219 @@
+"""Core commands: index, search, similar, describe, texts, info, rebuild-index."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipsearch.errors import ClipSearchError
+
+
+def default_library() -> str:
+    """$CLIPSEARCH_LIBRARY, else a folder in the user's data directory."""
+    env = os.environ.get("CLIPSEARCH_LIBRARY")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "clipsearch", "library")
+
+
+def add_library_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    p.add_argument("--library", "-l", default=None, metavar="DIR",
+                   help="library folder (default: $CLIPSEARCH_LIBRARY or ~/.local/share/clipsearch/library)")
+    if model:
+        p.add_argument("--model", default=None,
+                       help="open_clip model name or JSON config (new libraries; default toyworld, bundled)")
+        p.add_argument("--pretrained", default=None,
+                       help="pretrained tag, checkpoint file, 'bundled' or 'none' (random weights)")
+        p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+
+
+def open_library(args: argparse.Namespace, *, create: bool = False) -> Any:
+    from clipsearch.library import _UNSET, Library
+
+    pretrained = _UNSET
+    if getattr(args, "pretrained", None) is not None:
+        pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
+    return Library.open(args.library or default_library(), model=getattr(args, "model", None),
+                        pretrained=pretrained, device=getattr(args, "device", None), create=create)
+
+
+def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([asdict(h) for h in hits], indent=1))
+        return
+    if not hits:
+        print("no results", file=sys.stderr)
+    for h in hits:
+        label = getattr(h, "path", None) or getattr(h, "text", "")
+        print(f"{h.score:.4f}  {label}")
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    with open_library(args, create=True) as lib:
+        status = 0
+        for root in args.photos:
+            report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude)
+            if args.json:
+                print(json.dumps(report.to_dict(), indent=1))
+                continue
+            print(report.summary())
+            for s in report.skipped[: args.show_skipped]:
+                print(f"  skipped {s.path}: {s.reason}")
+            if len(report.skipped) > args.show_skipped:
+                print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
+        return status
+
+
+def _common_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--min-score", type=float, default=None, help="drop results under this cosine score")
+    p.add_argument("--folder", default=None, help="only results under this folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    with open_library(args) as lib:
+        _print_hits(lib.search(" ".join(args.query), k=args.k, min_score=args.min_score, folder=args.folder), args.json)
+    return 0
+
+
+def _cmd_similar(args: argparse.Namespace) -> int:
+    with open_library(args) as lib:
+        image: Any = int(args.image[1:]) if args.image.startswith("#") and args.image[1:].isdigit() else args.image
+        hits = lib.search_image(image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder)
+        _print_hits(hits, args.json)
+    return 0
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    with open_library(args) as lib:
+        _print_hits(lib.describe(args.image, k=args.k), args.json)
+    return 0
+
+
+def _read_lines(source: str) -> list[str]:
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    path = Path(source)
+    if not path.is_file():
+        raise ClipSearchError(f"text file {source} does not exist; give a file with one caption or label per line")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            column = next((c for c in ("title", "caption", "text", "label") if c in (reader.fieldnames or [])), None)
+            if column is None:
+                raise ClipSearchError(f"{source} has no title, caption, text or label column")
+            return [row[column] for row in reader]
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _cmd_texts(args: argparse.Namespace) -> int:
+    with open_library(args) as lib:
+        if args.texts_command == "add":
+            lines: list[str] = []
+            for src in args.files:
+                lines.extend(_read_lines(src))
+            added = lib.add_texts(lines)
+            print(f"{added} texts added ({len(lib.texts())} in the collection)")
+        elif args.texts_command == "list":
+            for t in lib.texts():
+                print(t)
+        elif args.texts_command == "remove":
+            print(f"{lib.remove_texts(args.texts)} texts removed")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from clipsearch.library import Library
+
+    with Library.open(args.library or default_library(), create=False) as lib:
+        info = lib.info()
+        if args.json:
+            print(json.dumps(asdict(info), indent=1))
+            return 0
+        print(f"library:   {info.folder}")
+        print(f"model:     {info.model} / {info.pretrained or 'random weights'} ({info.dim}-d)")
+        print(f"images:    {info.images} indexed, {info.failed} skipped")
+        print(f"texts:     {info.texts}")
+        print(f"index:     {info.index_kind}, {info.index_count} vectors")
+        for root in info.roots:
+            print(f"root:      {root}")
+        if info.last_report:
+            from clipsearch.indexer import IndexReport
+
+            print(f"last run:  {IndexReport.from_dict(info.last_report).summary()}")
+        if args.failures:
+            for row in lib.catalog.failures():
+                print(f"  skipped {row.path}: {row.error}")
+    return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    with open_library(args) as lib:
+        print(f"index rebuilt from stored vectors: {lib.rebuild_index()} images")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index (or re-sync) photo folders")
+    p.add_argument("photos", nargs="+", metavar="PHOTOS", help="folders of photos")
+    add_library_args(p)
+    p.add_argument("--allow-empty", action="store_true",
+                   help="allow a folder with no photos to remove its images from the library")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATH", help="skip this folder (repeatable)")
+    p.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list at most N skipped files")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("search", help="text → image search (with query arithmetic)",
+                       description="Query arithmetic: 'beach + sunset - people', '2:dog + cat', "
+                                   "'photo.jpg + at night', '#42 - snow' (#42: indexed image id 42).")
+    p.add_argument("query", nargs="+", help="the query")
+    add_library_args(p)
+    _common_search_args(p)
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("similar", help="image → image search")
+    p.add_argument("image", help="an image file, or #ID of an indexed image")
+    p.add_argument("--text", default=None, help="a text modifier added to the image, e.g. 'at night'")
+    add_library_args(p)
+    _common_search_args(p)
+    p.set_defaults(func=_cmd_similar)
+
+    p = sub.add_parser("describe", help="image → text over the library's text collection")
+    p.add_argument("image", help="an image file")
+    add_library_args(p)
+    p.add_argument("-k", type=int, default=5, help="number of texts (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_describe)
+
+    p = sub.add_parser("texts", help="manage the text collection (captions, labels)")
+    tsub = p.add_subparsers(dest="texts_command", required=True)
+    a = tsub.add_parser("add", help="add texts from files (one per line, or a CSV with a title/caption column; - for stdin)")
+    a.add_argument("files", nargs="+")
+    add_library_args(a)
+    a.set_defaults(func=_cmd_texts)
+    ls = tsub.add_parser("list", help="print the collection")
+    add_library_args(ls)
+    ls.set_defaults(func=_cmd_texts)
+    rm = tsub.add_parser("remove", help="remove texts")
+    rm.add_argument("texts", nargs="+")
+    add_library_args(rm)
+    rm.set_defaults(func=_cmd_texts)
+
+    p = sub.add_parser("info", help="what a library holds")
+    add_library_args(p, model=False)
+    p.add_argument("--failures", action="store_true", help="list every skipped file and why")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("rebuild-index", help="rebuild the vector index from stored vectors (no re-encoding)")
+    add_library_args(p)
+    p.set_defaults(func=_cmd_rebuild)

@@ -1,0 +1,1 @@
+"""clipsearch's Gradio web UI (installed as the package `clipsearch_ui`)."""
