@@ -17,7 +17,6 @@ from clipsearch.errors import ClipSearchError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "clipsearch.cli.core",
-    "clipsearch.cli.toyworld",
 )
 
 EXIT_OK = 0
