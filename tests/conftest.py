@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Never touch the network from tests: weights come from caches or nowhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CLIPSEARCH_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeEncoder, write_colour_photos  # noqa: E402
+
+
+@pytest.fixture
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder()
+
+
+@pytest.fixture
+def colour_photos(tmp_path: Path) -> dict[str, str]:
+    """Eight solid-colour JPEGs (red, green, ...) in tmp_path/photos, plus two in a sub-folder."""
+    photos = write_colour_photos(tmp_path / "photos", ["red", "green", "blue", "yellow", "purple", "orange"])
+    photos.update(write_colour_photos(tmp_path / "photos" / "sub", ["white", "black"]))
+    return photos
+
+
+@pytest.fixture
+def library(tmp_path: Path, fake_encoder: FakeEncoder, colour_photos: dict[str, str]):
+    """A library indexed from `colour_photos` with the fake encoder."""
+    from clipsearch import Library
+
+    lib = Library.open(tmp_path / "lib", encoder=fake_encoder)
+    lib.index(tmp_path / "photos")
+    yield lib
+    lib.close()
