@@ -1,0 +1,339 @@
+"""Turn a path or bytes into a safe, fully loaded RGB image.
+
+This module knows about files and pixels only, never about models: it enforces a format
+allow-list and size caps, applies EXIF orientation, normalises every colour mode to RGB
+and, when asked, decodes JPEGs at a reduced scale.
+"""
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import os
+import re
+import stat
+import warnings
+from typing import TYPE_CHECKING, BinaryIO
+
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from clipsearch.errors import ImageLoadError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "SUPPORTED_EXTENSIONS",
+    "is_supported",
+    "load_image",
+]
+
+logger = logging.getLogger(__name__)
+
+# find_spec only looks for the package; importing pillow_heif is deferred to the first load.
+_HEIF_AVAILABLE = importlib.util.find_spec("pillow_heif") is not None
+
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+    | ({".heic", ".heif"} if _HEIF_AVAILABLE else set())
+)
+DEFAULT_MAX_PIXELS: int = 150_000_000
+DEFAULT_MAX_BYTES: int = 256 * 1024 * 1024
+
+# No "MPO": Pillow opens multi-picture JPEGs through the JPEG factory.
+_BASE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+_UPLOAD_NAME = "<upload>"
+_WHITE = (255, 255, 255)
+
+# Same table as PIL.ImageOps.exif_transpose; applied by hand so that the (cheap) transpose
+# runs on the final, possibly reduced RGB image instead of the full-resolution original.
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+_heif_registered = False
+
+
+def is_supported(path: str | os.PathLike[str]) -> bool:
+    """True when the file's extension is one clipsearch decodes (case-insensitive)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in SUPPORTED_EXTENSIONS
+
+
+def load_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    *,
+    target_size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode `source` into a fully loaded RGB image, or raise ImageLoadError.
+
+    `source` is a path, the encoded bytes, or a binary stream (read from its current
+    position; the caller keeps ownership and closes it). `target_size`, when given, lets
+    the decoder work at a reduced scale whose short side is still >= target_size.
+    `name` is the label used in errors for bytes and streams (default "<upload>").
+    Images over `max_pixels` (judged from the header, before decoding) or files over
+    `max_bytes` are refused. Pillow refuses anything over 2 * Image.MAX_IMAGE_PIXELS
+    regardless, so a `max_pixels` above that has no effect.
+    """
+    if target_size is not None and target_size < 1:
+        raise ValueError(f"target_size must be a positive number of pixels, got {target_size}")
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or _UPLOAD_NAME
+        data = bytes(source)
+        _check_byte_size(label, len(data), max_bytes)
+        return _decode(io.BytesIO(data), label, target_size, max_pixels)
+
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        label = name or path
+        _check_file(path, label, max_bytes)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise ImageLoadError(label, _os_reason(e)) from e
+        with fh:
+            return _decode(fh, label, target_size, max_pixels)
+
+    # A binary stream.
+    stream_name = getattr(source, "name", None)
+    label = name or (stream_name if isinstance(stream_name, str) else _UPLOAD_NAME)
+    return _decode(_bounded_stream(source, label, max_bytes), label, target_size, max_pixels)
+
+
+def _check_file(path: str, label: str, max_bytes: int) -> None:
+    """Refuse missing, special, empty and oversized files before opening them."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ImageLoadError(label, _os_reason(e)) from e
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageLoadError(label, "is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        # Opening a FIFO or a device could block forever or never end.
+        raise ImageLoadError(label, "not a regular file")
+    _check_byte_size(label, st.st_size, max_bytes)
+
+
+def _check_byte_size(label: str, size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise ImageLoadError(label, "file is empty")
+    if size > max_bytes:
+        raise ImageLoadError(
+            label, f"file is {_byte_size(size)}, over the {_byte_size(max_bytes)} limit"
+        )
+
+
+def _bounded_stream(stream: BinaryIO, label: str, max_bytes: int) -> BinaryIO:
+    """Return a seekable stream positioned at the image, refusing oversized input."""
+    try:
+        if getattr(stream, "seekable", lambda: False)():
+            start = stream.tell()
+            end = stream.seek(0, io.SEEK_END)
+            stream.seek(start)
+            _check_byte_size(label, end - start, max_bytes)
+            if start == 0:
+                return stream
+            # Pillow assumes the image starts at offset 0 of the stream.
+            return io.BytesIO(stream.read())
+        data = stream.read(max_bytes + 1)
+    except OSError as e:
+        raise ImageLoadError(label, _os_reason(e)) from e
+    _check_byte_size(label, len(data), max_bytes)
+    return io.BytesIO(data)
+
+
+def _decode(fp: BinaryIO, label: str, target_size: int | None, max_pixels: int) -> Image.Image:
+    """Open with the allow-list, check the size, decode, orient and normalise to RGB."""
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel cap below, before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fp, formats=_allowed_formats())
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(label, "not an image file") from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(label, _bomb_reason(e, max_pixels)) from e
+    except MemoryError as e:
+        raise ImageLoadError(label, "not enough memory to read the image header") from e
+    except Exception as e:  # noqa: BLE001 - Pillow plugins raise many types on bad headers
+        raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
+
+    try:
+        return _finish(im, label, target_size, max_pixels)
+    except ImageLoadError:
+        raise
+    except MemoryError as e:
+        raise ImageLoadError(label, "not enough memory to decode the image") from e
+    except Exception as e:  # noqa: BLE001 - never let a raw PIL/OSError escape
+        raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
+    finally:
+        # Drop every reference to the file (multi-frame formats keep a second one).
+        im.fp = None
+        if hasattr(im, "_fp"):
+            im._fp = None
+
+
+def _finish(im: Image.Image, label: str, target_size: int | None, max_pixels: int) -> Image.Image:
+    width, height = im.size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise ImageLoadError(
+            label,
+            f"image is {width}×{height} = {_megapixels(pixels)} MP, "
+            f"over the {_megapixels(max_pixels)} MP limit",
+        )
+    if width < 1 or height < 1:
+        raise ImageLoadError(label, f"image has no pixels ({width}×{height})")
+
+    if target_size is not None and im.format in _JPEG_FORMATS:
+        # libjpeg scales by 1/2, 1/4 or 1/8 and keeps both sides >= the requested size.
+        im.draft("RGB", (target_size, target_size))
+
+    im.load()  # GIF, WebP and APNG load their first frame
+
+    orientation = _orientation(im, label)
+    try:
+        rgb = _to_rgb(im)
+    except ValueError as e:  # Pillow has no conversion for this mode
+        raise ImageLoadError(label, f"unsupported colour mode {im.mode}") from e
+
+    if target_size is not None:
+        factor = min(rgb.size) // target_size
+        if factor >= 2:
+            # reduce() rounds sizes up, so the short side stays >= target_size.
+            rgb = rgb.reduce(factor)
+
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    if method is not None:
+        rgb = rgb.transpose(method)
+    return rgb
+
+
+def _orientation(im: Image.Image, label: str) -> int:
+    """The EXIF (or XMP) orientation, 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as e:  # noqa: BLE001 - broken EXIF must not cost us the image
+        logger.debug("%s: ignoring unreadable EXIF data: %s", label, e)
+        return 1
+    if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE:
+        return value
+    if value not in (1, None):
+        logger.debug("%s: ignoring invalid EXIF orientation %r", label, value)
+    return 1
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Normalise any Pillow mode to 8-bit RGB; transparency is composited on white."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        import numpy as np  # only these rare modes need it; keeps `import` cheap
+
+        return Image.fromarray(_scale_to_uint8(np.asarray(im), mode)).convert("RGB")
+    if im.has_transparency_data:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    # 1, L, P, CMYK, YCbCr, LAB, HSV and the like.
+    return im.convert("RGB")
+
+
+def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Map 16-bit, 32-bit integer and float greyscale data onto 0..255."""
+    import numpy as np
+
+    if mode.startswith("I;16"):
+        # The data is declared 16-bit: 65535 is white, whatever range the photo uses.
+        return ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    values = arr.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(arr.shape, dtype=np.uint8)
+    values = np.where(finite, values, 0.0)
+    lo, hi = float(values[finite].min()), float(values[finite].max())
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = values * 255.0  # the usual float convention: 0..1
+    elif mode == "I" and lo >= 0 and hi <= 255:
+        scaled = values  # already 8-bit data held in a wide mode
+    elif mode == "I" and lo >= 0 and hi <= 65535:
+        scaled = values * (255.0 / 65535.0)  # 16-bit data held in a 32-bit mode
+    elif hi > lo:
+        scaled = (values - lo) * (255.0 / (hi - lo))
+    else:
+        scaled = np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _allowed_formats() -> tuple[str, ...]:
+    if _register_heif():
+        return (*_BASE_FORMATS, "HEIF")
+    return _BASE_FORMATS
+
+
+def _register_heif() -> bool:
+    """Register pillow_heif's opener on first use; False when it is not installed."""
+    global _heif_registered
+    if _heif_registered:
+        return True
+    if not _HEIF_AVAILABLE:
+        return False
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except Exception as e:  # noqa: BLE001 - a broken optional plugin must not break JPEGs
+        logger.warning("pillow_heif is installed but could not be registered: %s", e)
+        return False
+    _heif_registered = True
+    return True
+
+
+def _bomb_reason(error: Exception, max_pixels: int) -> str:
+    match = re.search(r"\((\d+) pixels\)", str(error))
+    if match:
+        return (
+            f"image is {_megapixels(int(match.group(1)))} MP, "
+            f"over the {_megapixels(max_pixels)} MP limit"
+        )
+    return f"image is too large to decode safely ({error})"
+
+
+def _os_reason(error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file does not exist"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, IsADirectoryError):
+        return "is a folder, not an image file"
+    return f"cannot read file: {error.strerror or error}"
+
+
+def _describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+def _megapixels(pixels: int) -> str:
+    value = pixels / 1e6
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
+def _byte_size(size: int) -> str:
+    if size < 1024 * 1024:
+        return f"{size} bytes"
+    value = size / (1024 * 1024)
+    return f"{value:.0f} MB" if value >= 10 else f"{value:.1f} MB"
