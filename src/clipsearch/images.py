@@ -218,6 +218,10 @@ def _finish(im: Image.Image, label: str, target_size: int | None, max_pixels: in
     method = _ORIENTATION_TRANSPOSE.get(orientation)
     if method is not None:
         rgb = rgb.transpose(method)
+    # The photo's displayed size before any draft or reduce, for the catalog.
+    swapped = method in (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270,
+                         Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)
+    rgb.info["original_size"] = (height, width) if swapped else (width, height)
     return rgb
 
 
