@@ -1,0 +1,56 @@
+"""`clipsearch toyworld ...`: draw the synthetic captioned world the bundled model learns from."""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from clipsearch import toyworld
+
+
+def _at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def register(subparsers: Any) -> None:
+    """Add `toyworld generate` to the `clipsearch` command."""
+    parser = subparsers.add_parser(
+        "toyworld", help="generate the synthetic captioned image world",
+        description="Generate the synthetic captioned image world (see data/README.md).")
+    sub = parser.add_subparsers(dest="toyworld_command", metavar="COMMAND", required=True)
+
+    gen = sub.add_parser(
+        "generate", help="draw N captioned images and their captions.csv",
+        description="Draw N captioned images into OUT/images/ and write OUT/captions.csv "
+                    "(open_clip csv format: filepath, title, canonical).")
+    gen.add_argument("out", metavar="OUT", help="output folder, e.g. data/toyworld-train")
+    gen.add_argument("--n", type=_at_least(1), required=True, help="number of images")
+    gen.add_argument("--split", choices=toyworld.SPLITS, default="train",
+                     help="train: no held-out combination; test: each image has one; "
+                          "seen: a fresh sample of seen combinations (default: train)")
+    gen.add_argument("--seed", type=_at_least(0), default=0, help="random seed (default: 0)")
+    gen.add_argument("--size", type=_at_least(32), default=256, help="image side in pixels (default: 256)")
+    gen.add_argument("--workers", type=_at_least(1), default=None, help="processes (default: all CPUs)")
+    variants = gen.add_mutually_exclusive_group()
+    variants.add_argument("--variants", dest="variants", action="store_true", default=None,
+                          help="include variant groups (default for test and seen)")
+    variants.add_argument("--no-variants", dest="variants", action="store_false",
+                          help="no variant groups (default for train)")
+    gen.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    csv_path = toyworld.generate(
+        args.out, args.n, split=args.split, seed=args.seed, size=args.size, workers=args.workers,
+        variants=args.variants, progress=logging.getLogger().getEffectiveLevel() <= logging.WARNING)
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.n} {args.split} images and {csv_path} "
+          f"in {seconds:.1f} s ({args.n / seconds:.0f} images/s)")
+    return 0
