@@ -17,6 +17,8 @@ from clipsearch.errors import ClipSearchError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "clipsearch.cli.core",
+    "clipsearch.cli.toyworld",
+    "clipsearch.cli.demo",
 )
 
 EXIT_OK = 0
