@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SPLIT = re.compile(r"\s+([+-])\s+")
+# The operator keeps its following space in the next piece, so "a +  + b" and "a +" leave an empty term.
+_SPLIT = re.compile(r"\s+([+-])(?=\s|$)")
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*:\s*(.+)$")
 _IMAGE_ID = re.compile(r"^#(\d+)$")
 
@@ -166,15 +167,20 @@ class Searcher:
             allowed = self.catalog.ids_under(os.path.abspath(os.path.expanduser(folder)))
             if not len(allowed):
                 return []
-        scores, ids = self.index.search(vector[None, :], k + len(exclude_ids), allowed_ids=allowed)
         excluded = set(int(i) for i in exclude_ids)
-        pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0 and int(i) not in excluded]
-        if min_score is not None:
-            pairs = [(s, i) for s, i in pairs if s >= min_score]
-        pairs = pairs[:k]
-        rows = self.catalog.get_images(i for _, i in pairs)
-        # An id the catalog no longer has is a stale index entry: never return it.
-        return [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
+        fetch = k + len(excluded)
+        while True:
+            scores, ids = self.index.search(vector[None, :], fetch, allowed_ids=allowed)
+            found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            pairs = [(s, i) for s, i in found if i not in excluded and (min_score is None or s >= min_score)]
+            rows = self.catalog.get_images(i for _, i in pairs)
+            # An id the catalog no longer has is a stale index entry (another process is
+            # writing): never return it, and look further so it does not cost a result.
+            hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
+            below_min = min_score is not None and bool(found) and found[-1][0] < min_score
+            if len(hits) >= k or len(found) < fetch or below_min:
+                return hits[:k]
+            fetch *= 2
 
     def search(self, query: str, k: int = 20, **filters: object) -> list[Hit]:
         return self.search_vector(self.query_vector(query), k, **filters)  # type: ignore[arg-type]
