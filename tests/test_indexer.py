@@ -226,3 +226,34 @@ def test_report_round_trips_and_summarises(library: Library) -> None:
 
 def test_colour_names_cover_the_fixture(colour_photos: dict[str, str]) -> None:
     assert set(colour_photos) == set(NAMES)
+
+
+def test_an_interrupt_between_catalog_and_index_is_repaired_at_open(tmp_path: Path, colour_photos: dict[str, str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import clipsearch.library
+    from clipsearch.index import VectorIndex
+
+    monkeypatch.setattr(clipsearch.library, "Indexer",
+                        functools.partial(clipsearch.library.Indexer, chunk_size=3))
+    real_add = VectorIndex.add
+    calls = []
+
+    def add_then_ctrl_c(self, ids, vectors):
+        calls.append(len(ids))
+        if len(calls) == 2:  # the second chunk is in the catalog, not yet in the index
+            raise KeyboardInterrupt
+        real_add(self, ids, vectors)
+
+    monkeypatch.setattr(VectorIndex, "add", add_then_ctrl_c)
+    lib = Library.open(tmp_path / "lib", encoder=FakeEncoder())
+    with pytest.raises(KeyboardInterrupt):
+        lib.index(tmp_path / "photos")
+    lib.close()
+    monkeypatch.setattr(VectorIndex, "add", real_add)
+
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.catalog.count() == 6
+        _consistent(lib)
+        assert lib.search("green", k=1)[0].path == colour_photos["green"]
+        assert lib.index(tmp_path / "photos").added == 2
+        _consistent(lib)

@@ -104,6 +104,7 @@ class Indexer:
         started = time.monotonic()
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         report = IndexReport(root=root)
+        self._index_behind = False
         found = scan(root, exclude=exclude)
         report.scanned = len(found.files)
         report.skipped.extend(SkippedFile(p, r) for p, r in found.errors)
@@ -132,8 +133,10 @@ class Indexer:
 
         if gone:
             gone_ids = np.array([row.id for row in gone], dtype=np.int64)
+            self._index_behind = True
             self.catalog.remove_images(gone_ids)
             self.index.remove(gone_ids)
+            self._index_behind = False
             report.removed = len(gone)
             log.info("removed %d files no longer under %s", len(gone), root)
 
@@ -143,7 +146,9 @@ class Indexer:
             report.interrupted = True
             raise
         finally:
-            if gone or todo:
+            # An index that missed a committed catalog change must not be saved stamped with
+            # the catalog's generation; left as it was on disk, it is reconciled at the next open.
+            if (gone or todo) and not self._index_behind:
                 self.save_index()
             report.seconds = time.monotonic() - started
         return report
@@ -186,12 +191,14 @@ class Indexer:
         new_rows = [NewImage(d.record.path, d.record.size, d.record.mtime_ns, v,
                              *d.image.info.get("original_size", (None, None)))
                     for d, v in zip(encoded, vectors)]
+        self._index_behind = True
         with self.catalog.transaction():
             ids = self.catalog.add_images(new_rows)
             self.catalog.add_failures([(r.path, r.size, r.mtime_ns, reason) for r, reason in failures])
         if replaced:
             self.index.remove(np.array(replaced, dtype=np.int64))
         self.index.add(np.array(ids, dtype=np.int64), vectors)
+        self._index_behind = False
         for d in encoded:
             if d.record.path in known:
                 report.updated += 1

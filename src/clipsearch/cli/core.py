@@ -56,16 +56,20 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
 def _cmd_index(args: argparse.Namespace) -> int:
     with open_library(args, create=True) as lib:
         status = 0
+        reports = []
         for root in args.photos:
             report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude)
             if args.json:
-                print(json.dumps(report.to_dict(), indent=1))
+                reports.append(report.to_dict())
                 continue
             print(report.summary())
             for s in report.skipped[: args.show_skipped]:
                 print(f"  skipped {s.path}: {s.reason}")
             if len(report.skipped) > args.show_skipped:
                 print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
+        if args.json:
+            # One JSON document: the report, or a list of them for several folders.
+            print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         return status
 
 
