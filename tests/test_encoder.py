@@ -176,3 +176,13 @@ def test_random_and_checkpoint_resolution(tiny_config: str, tmp_path: Path) -> N
     assert resolve_weights("ViT-B-32", str(ckpt)).path == str(ckpt.resolve())
     with pytest.raises(ModelError, match="toyworld"):
         resolve_weights("ViT-B-32", "bundled")
+
+
+def test_cached_url_weights_are_found_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenAI's tags also have a plain URL; open_clip caches those as the URL's file name.
+    monkeypatch.setattr("clipsearch.encoder._network_reachable",
+                        lambda *a, **k: pytest.fail("looked for the network despite a cached file"))
+    (tmp_path / "ViT-B-32.pt").write_bytes(b"not really weights")
+    weights = resolve_weights("ViT-B-32", "openai", cache_dir=str(tmp_path), allow_download=True)
+    assert weights.path == str(tmp_path / "ViT-B-32.pt")
+    assert weights.quick_gelu is True

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from fakes import FakeEncoder, write_colour_photos
 
 from clipsearch import Library, QueryError
@@ -254,3 +256,23 @@ def test_stale_index_ids_are_never_returned(library: Library, colour_photos: dic
     assert colour_photos["red"] not in [h.path for h in hits]
     # Stale entries do not cost results: there are still k of them, in brute-force order.
     _assert_hits(hits, _oracle(library, red, 3), library)
+
+
+# -- the parser on generated queries -------------------------------------------------------
+
+_WORD = st.from_regex(r"[a-z](?:[a-z'-]{0,6}[a-z])?", fullmatch=True)
+_TERM = st.tuples(st.sampled_from([1.0, -1.0]), st.sampled_from([None, 2.0, 0.5, 10.0]),
+                  st.lists(_WORD, min_size=1, max_size=3).map(" ".join))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_TERM, min_size=1, max_size=4), st.sampled_from([" ", "  ", "\t"]))
+def test_parse_query_reads_back_what_was_written(terms: list, space: str) -> None:
+    query = ""
+    for n, (sign, weight, words) in enumerate(terms):
+        op = "-" if sign < 0 else "+"
+        if n or sign < 0:
+            query += f"{space}{op}{space}" if n else f"{op}{space}"
+        query += (f"{weight:g}:" if weight is not None else "") + words
+    parsed = parse_query(query, is_image_file=lambda s: False)
+    assert [(t.weight, t.text) for t in parsed] == [(s * (w or 1.0), words) for s, w, words in terms]
