@@ -91,12 +91,16 @@ def _prefix_bounds(folder: str) -> tuple[str, str]:
 
 
 class Catalog:
-    """A library's SQLite database. Not thread-safe: one Catalog per thread."""
+    """A library's SQLite database. Not thread-safe: use it from one thread at a time.
+
+    It may be opened in one thread and used in another (the web UI's workers do, one at a
+    time under a lock), so the connection does not insist on its creating thread.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         try:
-            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")

@@ -257,6 +257,28 @@ class Library:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
+    def image_ids(self) -> np.ndarray:
+        """Ids of every indexed image, ascending."""
+        return self.catalog.ok_ids()
+
+    def text_vectors(self) -> tuple[list[str], np.ndarray]:
+        """The text collection and its stored vectors (to label many images at once)."""
+        _, texts, vecs = self.catalog.text_vectors(self.dim)
+        return texts, vecs
+
+    def folders(self) -> list[str]:
+        """Every folder under the roots that holds indexed images, with its parents up to the root; sorted."""
+        out: set[str] = set()
+        for root in self.roots():
+            for path, row in self.catalog.images_under(root).items():
+                if row.status != "ok":
+                    continue
+                folder = os.path.dirname(path)
+                while folder not in out and len(folder) >= len(root):
+                    out.add(folder)
+                    folder = os.path.dirname(folder)
+        return sorted(out)
+
     def roots(self) -> list[str]:
         return json.loads(self.catalog.get_meta("roots") or "[]")
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "clipsearch.cli.core",
     "clipsearch.cli.toyworld",
     "clipsearch.cli.demo",
+    "clipsearch.cli.serve",
 )
 
 EXIT_OK = 0

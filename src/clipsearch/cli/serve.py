@@ -1,0 +1,55 @@
+"""`clipsearch serve`: the web UI over a library, private by default."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.errors import ClipSearchError
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from clipsearch_ui.server import is_loopback, parse_auth, read_auth_file, serve
+    except ImportError as exc:  # gradio is an optional extra
+        raise ClipSearchError(f"the web UI needs Gradio ({exc.name} is missing): pip install 'clipsearch[ui]'") \
+            from exc
+
+    auth = None
+    if args.auth:
+        auth = parse_auth(args.auth)
+    elif args.auth_file:
+        auth = read_auth_file(args.auth_file)
+    if not is_loopback(args.host) and auth is None:
+        print(f"clipsearch: warning: serving on {args.host} without --auth: anyone who can reach it sees your photos",
+              file=sys.stderr)
+    if args.share:
+        print("clipsearch: warning: --share publishes this UI on a public gradio.live link", file=sys.stderr)
+
+    def ready(url: str) -> None:
+        print(f"clipsearch UI: {url}  (Ctrl-C to stop)", flush=True)
+
+    with open_library(args) as lib:
+        serve(lib, host=args.host, port=args.port, auth=auth, share=args.share, open_browser=not args.no_browser,
+              block=True, on_ready=ready)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="open the web UI (search, describe, explore) in a browser",
+                       description="Serve the web UI for a library. It listens on 127.0.0.1 only, with no public "
+                                   "link, unless --host or --share say otherwise.")
+    add_library_args(p, model=False)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface: add --auth)")
+    p.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    login = p.add_mutually_exclusive_group()
+    login.add_argument("--auth", metavar="USER:PASSWORD", default=None,
+                       help="require this login (visible to other local users in `ps`: prefer --auth-file)")
+    login.add_argument("--auth-file", metavar="FILE", default=None,
+                       help="require a login from FILE's user:password lines")
+    p.add_argument("--share", action="store_true",
+                   help="also publish a temporary public gradio.live link (off by default)")
+    p.add_argument("--no-browser", action="store_true", help="don't open a browser tab")
+    p.set_defaults(func=_cmd_serve)

@@ -1,0 +1,424 @@
+"""The UI's handlers: plain functions over a `Library`, one per thing a person can do.
+
+Each returns exactly what its Gradio outputs show (a NamedTuple, so the wiring in
+`app.py` stays one line per event and a test can call a handler without a browser).
+Per-session values (the results shown, the selected photo, the map) are passed in and
+returned, never kept here; this object holds only the shared library and a lock, because
+a library's catalog and index serve one caller at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import html
+import logging
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
+from clipsearch.images import is_supported, load_image
+from clipsearch.search import parse_query
+
+from clipsearch_ui import explore
+from clipsearch_ui.thumbs import Thumbnails
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipsearch.library import Library
+    from clipsearch.search import Hit
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 60_000_000
+ALL_FOLDERS = ""
+QUERY_HINT = ("Words, or arithmetic on meaning: `beach + sunset - people`, `2:dog + cat` (weights), "
+              "`#42 + at night` (#42 is an indexed photo). Operators need spaces around them.")
+EMPTY_TEXTS = ("The text collection is empty: add labels below (for example *a dog, a beach, a birthday "
+               "party*) and press **Add labels**.")
+
+GalleryItems = list[tuple[str, str]]
+Shown = list[dict]  # the results a session's gallery shows: {"id", "path", "score"}
+
+
+class SearchOutput(NamedTuple):
+    gallery: GalleryItems
+    status: str
+    shown: Shown
+
+
+class PhotoOutput(NamedTuple):
+    image: "Image.Image | None"
+    details: str
+    selected: int | None
+
+
+class DescribeOutput(NamedTuple):
+    image: "Image.Image | None"
+    rows: list[list[Any]]
+    status: str
+    source: dict | None
+
+
+class MapOutput(NamedTuple):
+    image: "Image.Image"
+    status: str
+    view: "explore.MapView | None"
+
+
+class LibraryOutput(NamedTuple):
+    overview: str
+    skipped: list[list[str]]
+
+
+def parse_labels(text: str | None) -> list[str]:
+    """Labels typed as a comma- or line-separated list, stripped, without duplicates."""
+    parts = re.split(r"[,\n]", text or "")
+    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+
+
+def check_query(query: str) -> None:
+    """Refuse image terms named by file path: the web UI reads no file a visitor names.
+
+    Judged by the extension alone, so the answer never tells whether such a file exists.
+    """
+    if any(t.image_path for t in parse_query(query, is_image_file=is_supported)):
+        raise QueryError("photos can't be named by file path here: upload the image (Search → By image), "
+                         "or use #ID of an indexed photo")
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"
+
+
+def code_span(text: str) -> str:
+    """Text as a Markdown code span (shown literally: no escapes are needed, or possible, inside)."""
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md(text: str) -> str:
+    """Text from a user or a file name, safe to put into Markdown."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", html.escape(text, quote=False))
+
+
+class Handlers:
+    """Everything the UI does, as plain methods over one library."""
+
+    def __init__(self, library: "Library", *, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+        self.library = library
+        self.thumbs = Thumbnails(library)
+        self.max_upload_bytes = max_upload_bytes
+        # One caller at a time: the catalog's SQLite connection and the FAISS index are shared.
+        self._lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def _lib(self) -> Iterator["Library"]:
+        with self._lock:
+            yield self.library
+
+    # -- helpers ------------------------------------------------------------------------
+    def folder_choices(self) -> list[tuple[str, str]]:
+        """(label, value) pairs for the folder filter: every folder holding photos, relative to its root's parent."""
+        with self._lib() as lib:
+            roots, folders = lib.roots(), lib.folders()
+        choices = [("All folders", ALL_FOLDERS)]
+        for folder in folders:
+            root = max((r for r in roots if folder == r or folder.startswith(r.rstrip("/") + "/")), key=len,
+                       default=None)
+            label = os.path.relpath(folder, os.path.dirname(root)) if root else folder
+            choices.append((label, folder))
+        return choices
+
+    def _gallery(self, hits: Sequence["Hit"]) -> tuple[GalleryItems, Shown]:
+        items: GalleryItems = []
+        shown: Shown = []
+        for hit in hits:
+            thumb = self.thumbs.path(hit.id)
+            if thumb is None:  # gone from the catalog since the search: never show it
+                continue
+            items.append((str(thumb), f"{hit.score:.3f} · {os.path.basename(hit.path)}"))
+            shown.append({"id": hit.id, "path": hit.path, "score": hit.score})
+        return items, shown
+
+    def _results(self, hits: Sequence["Hit"], what: str, min_score: float | None, folder: str | None) -> SearchOutput:
+        items, shown = self._gallery(hits)
+        if items:
+            status = f"**{len(items)}** photo{'s' if len(items) != 1 else ''} for {what}"
+        elif not self.library.info().images:
+            status = ("The library is empty: index a folder first (Library tab → **Re-index**, "
+                      "or `clipsearch index PHOTOS`).")
+        else:
+            status = f"No photos for {what}"
+            hints = []
+            if min_score:
+                hints.append(f"lower the minimum score (now {min_score:.2f})")
+            if folder:
+                hints.append("choose *All folders*")
+            status += (": " + " or ".join(hints) + "." if hints else ".")
+        return SearchOutput(items, status, shown)
+
+    @staticmethod
+    def _filters(min_score: float | None, folder: str | None) -> tuple[float | None, str | None]:
+        # The slider's 0 means "no minimum": cosine scores can be negative.
+        return (float(min_score) if min_score else None), (folder or None)
+
+    def _load_upload(self, image_path: str) -> "Image.Image":
+        return load_image(image_path, max_bytes=self.max_upload_bytes, max_pixels=MAX_UPLOAD_PIXELS,
+                          name=os.path.basename(image_path))
+
+    # -- search ---------------------------------------------------------------------------
+    def search_text(self, query: str | None, k: int = 24, min_score: float | None = 0.0,
+                    folder: str | None = ALL_FOLDERS) -> SearchOutput:
+        """Text → image search; the query may use arithmetic."""
+        query = (query or "").strip()
+        if not query:
+            return SearchOutput([], "Type what you are looking for. " + QUERY_HINT, [])
+        min_score, folder = self._filters(min_score, folder)
+        try:
+            check_query(query)
+            with self._lib() as lib:
+                hits = lib.search(query, k=int(k), min_score=min_score, folder=folder)
+                return self._results(hits, f"“{_md(query)}”", min_score, folder)
+        except ClipSearchError as exc:
+            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+
+    def search_upload(self, image_path: str | None, text: str | None = None, k: int = 24,
+                      min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
+        """Image → image search with an uploaded (or pasted) image, optionally modified by text."""
+        if not image_path:
+            return SearchOutput([], "Upload or paste an image to find photos like it.", [])
+        min_score, folder = self._filters(min_score, folder)
+        text = (text or "").strip() or None
+        try:
+            image = self._load_upload(image_path)
+        except ImageLoadError as exc:
+            return SearchOutput([], f"⚠️ Can't use this image: {_md(exc.reason)}.", [])
+        try:
+            with self._lib() as lib:
+                hits = lib.search_image(image, k=int(k), text=text, min_score=min_score, folder=folder)
+                what = "your image" + (f" + “{_md(text)}”" if text else "")
+                return self._results(hits, what, min_score, folder)
+        except ClipSearchError as exc:
+            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+
+    def more_like(self, image_id: int | None, text: str | None = None, k: int = 24,
+                  min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
+        """Photos like an indexed one (by id), optionally modified by text."""
+        if image_id is None:
+            return SearchOutput([], "Select a photo first, then press **More like this**.", [])
+        min_score, folder = self._filters(min_score, folder)
+        text = (text or "").strip() or None
+        try:
+            with self._lib() as lib:
+                row = self.thumbs.row(image_id)
+                if row is None:
+                    return SearchOutput([], f"⚠️ No indexed photo with id {int(image_id)}.", [])
+                hits = lib.search_image(int(image_id), k=int(k), text=text, min_score=min_score, folder=folder)
+                what = f"photos like {_md(os.path.basename(row.path))}" + (f" + “{_md(text)}”" if text else "")
+                return self._results(hits, what, min_score, folder)
+        except ClipSearchError as exc:
+            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+
+    def rerun(self, last: dict | None, k: int = 24, min_score: float | None = 0.0,
+              folder: str | None = ALL_FOLDERS) -> SearchOutput | None:
+        """The session's last search again with new filters; None when there was none."""
+        kind = (last or {}).get("kind")
+        if kind == "text":
+            return self.search_text(last["query"], k, min_score, folder)  # type: ignore[index]
+        if kind == "upload":
+            return self.search_upload(last["path"], last.get("text"), k, min_score, folder)  # type: ignore[union-attr]
+        if kind == "like":
+            return self.more_like(last["id"], last.get("text"), k, min_score, folder)  # type: ignore[union-attr]
+        return None
+
+    # -- a selected photo ---------------------------------------------------------------
+    def select(self, shown: Shown | None, index: int | None) -> PhotoOutput:
+        """The photo at `index` of the session's results."""
+        if not shown or index is None or not 0 <= int(index) < len(shown):
+            return PhotoOutput(None, "", None)
+        return self.photo(shown[int(index)]["id"])
+
+    def photo(self, image_id: int | None) -> PhotoOutput:
+        """A larger view of an indexed photo and its facts: path, size, pixels, date."""
+        if image_id is None:
+            return PhotoOutput(None, "", None)
+        with self._lib():
+            row = self.thumbs.row(image_id)
+            if row is None:
+                return PhotoOutput(None, f"⚠️ No indexed photo with id {int(image_id)}.", None)
+            try:
+                image = self.thumbs.preview(row.id)
+            except ImageLoadError as exc:
+                return PhotoOutput(None, f"⚠️ {_md(os.path.basename(row.path))} can't be shown: {_md(exc.reason)}",
+                                   row.id)
+        dims = f"{row.width} × {row.height} px" if row.width and row.height else f"{image.width} × {image.height} px"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.mtime_ns / 1e9))
+        size = human_bytes(row.size) + (f" ({row.size:,} bytes)" if row.size >= 1024 else "")
+        details = (f"**{_md(os.path.basename(row.path))}**  \n"
+                   f"{code_span(os.path.dirname(row.path))}  \n"
+                   f"{dims} · {size} · {when} · id #{row.id}")
+        return PhotoOutput(image, details, row.id)
+
+    # -- describe (image → text) ----------------------------------------------------------
+    def describe(self, source: dict | None, k: int = 8) -> DescribeOutput:
+        """The closest texts of the collection to an uploaded image ({"path"}) or an indexed one ({"id"})."""
+        if not source:
+            return DescribeOutput(None, [], "Upload an image, or select a search result and press **Describe**.",
+                                  None)
+        try:
+            if "id" in source:
+                shown = self.photo(source["id"])
+                if shown.selected is None:
+                    return DescribeOutput(None, [], shown.details, None)
+                image, subject = shown.image, int(source["id"])
+            else:
+                image = subject = self._load_upload(source["path"])
+        except ImageLoadError as exc:
+            return DescribeOutput(None, [], f"⚠️ Can't use this image: {_md(exc.reason)}.", None)
+        with self._lib() as lib:
+            total = lib.info().texts
+            if not total:
+                return DescribeOutput(image, [], EMPTY_TEXTS, source)
+            try:
+                hits = lib.describe(subject, k=int(k))
+            except ClipSearchError as exc:
+                return DescribeOutput(image, [], f"⚠️ {_md(str(exc))}", source)
+        rows = [[h.text, round(h.score, 4)] for h in hits]
+        return DescribeOutput(image, rows, f"The {len(rows)} closest of {total} texts in the collection.", source)
+
+    def add_labels(self, labels: str | None, source: dict | None, k: int = 8) -> tuple[DescribeOutput, str]:
+        """Add comma/line-separated labels to the text collection, then describe again. Also returns the
+        new content of the labels box (emptied when the labels were added)."""
+        wanted = parse_labels(labels)
+        if not wanted:
+            out = self.describe(source, k)
+            return out._replace(status="Type some labels first, separated by commas or new lines."), labels or ""
+        try:
+            with self._lib() as lib:
+                added = lib.add_texts(wanted)
+        except ClipSearchError as exc:
+            out = self.describe(source, k)
+            return out._replace(status=f"⚠️ {_md(str(exc))}"), labels or ""
+        out = self.describe(source, k)
+        note = f"Added {added} new label{'s' if added != 1 else ''}"
+        if added < len(wanted):
+            note += f" ({len(wanted) - added} already there)"
+        if out.source:
+            return out._replace(status=f"{note}. {out.status}"), ""
+        return out._replace(status=f"{note}. Upload an image or pick a result to describe it."), ""
+
+    # -- explore ------------------------------------------------------------------------
+    def draw_map(self, colour_by: str = "folder", query: str | None = None, *,
+                 max_points: int = explore.MAX_POINTS, method: str = "auto") -> MapOutput:
+        """The map of the collection's embeddings, coloured by folder or nearest label, with the query marked."""
+        query = (query or "").strip() or None
+        notes: list[str] = []
+        with self._lib() as lib:
+            all_ids = lib.image_ids()
+            if not len(all_ids):
+                return MapOutput(explore.empty_map("The library is empty: index some photos first."),
+                                 "The library is empty.", None)
+            ids = explore.sample_ids(all_ids, max_points)
+            ids, vectors = lib.vectors(ids.tolist())
+            paths = [lib.get_image(int(i)).path for i in ids]  # type: ignore[union-attr]
+            groups = self._folder_groups(paths, lib.roots())
+            if colour_by == "label":
+                texts, text_vecs = lib.text_vectors()
+                if texts:
+                    groups = [texts[j] for j in np.argmax(vectors @ text_vecs.T, axis=1)]
+                else:
+                    notes.append("The text collection is empty: add labels in the Describe tab to colour by label; "
+                                 "coloured by folder instead.")
+                    colour_by = "folder"
+            qvec = None
+            if query:
+                try:
+                    check_query(query)
+                    qvec = lib.query_vector(query)
+                except ClipSearchError as exc:
+                    notes.append(f"⚠️ The query is not marked: {_md(str(exc))}")
+                    query = None
+        view = explore.build_view(ids, vectors, groups, total=len(all_ids), colour_by=colour_by,
+                                  query=query, query_vector=qvec, method=method)
+        status = f"{view.method} map of {len(ids)}" + (f" of {len(all_ids)}" if len(ids) < len(all_ids) else "")
+        status += " photos. Click a point to see the photo."
+        if query:
+            status += f" ★ marks “{_md(query)}”."
+        return MapOutput(explore.render(view), " ".join([status, *notes]), view)
+
+    @staticmethod
+    def _folder_groups(paths: Sequence[str], roots: Sequence[str]) -> list[str]:
+        out = []
+        for p in paths:
+            folder = os.path.dirname(p)
+            root = max((r for r in roots if folder == r or folder.startswith(r.rstrip("/") + "/")), key=len,
+                       default=None)
+            out.append(os.path.relpath(folder, os.path.dirname(root)) if root else folder)
+        return out
+
+    def click_map(self, view: "explore.MapView | None", x: float, y: float) -> tuple["Image.Image | None", PhotoOutput]:
+        """The photo under a click at pixel (x, y) of the map, and the map with it ringed (None: unchanged)."""
+        if view is None:
+            return None, PhotoOutput(None, "", None)
+        image_id = view.point_at(x, y)
+        if image_id is None:
+            return None, PhotoOutput(None, "No photo there: click on a point.", None)
+        return explore.render(view, selected=image_id), self.photo(image_id)
+
+    # -- library ------------------------------------------------------------------------
+    def overview_counts(self) -> dict[str, Any]:
+        with self._lib() as lib:
+            info = lib.info()
+        return {"images": info.images, "texts": info.texts, "model": info.model, "folder": info.folder}
+
+    def overview(self) -> LibraryOutput:
+        """Counts, model, index, roots and the last indexing report, with its skipped files."""
+        with self._lib() as lib:
+            info = lib.info()
+            report = lib.last_report()
+        lines = [
+            f"**{info.images:,}** photos indexed · **{info.failed:,}** skipped · **{info.texts:,}** texts",
+            "",
+            f"- Model: {code_span(info.model)} / {code_span(str(info.pretrained or 'random weights'))} ({info.dim}-d)",
+            f"- Index: {code_span(info.index_kind)}, {info.index_count:,} vectors",
+            f"- Library folder: {code_span(info.folder)}",
+        ]
+        lines += [f"- Photo folder: {code_span(r)}" for r in info.roots] or ["- No photo folders yet."]
+        skipped: list[list[str]] = []
+        if report is not None:
+            lines += ["", f"Last indexing run: {_md(report.summary())}"]
+            if report.interrupted:
+                lines.append("(interrupted: re-index to finish)")
+            skipped = [[s.path, s.reason] for s in report.skipped]
+            if not skipped:
+                lines.append("No file was skipped.")
+        return LibraryOutput("\n".join(lines), skipped)
+
+    def reindex(self, progress: Callable[..., Any] | None = None) -> tuple[LibraryOutput, str]:
+        """Re-sync every root of the library (blocking; searches wait until it's done)."""
+        with self._lib() as lib:
+            roots = lib.roots()
+            if not roots:
+                return self.overview(), "No photo folders to re-index: add one with `clipsearch index PHOTOS`."
+            done = []
+            try:
+                for n, root in enumerate(roots):
+                    if progress is not None:
+                        progress((n, len(roots)), desc=f"indexing {root}")
+                    report = lib.index(root, progress=progress is not None)
+                    done.append(f"{_md(report.summary())}")
+            except ClipSearchError as exc:
+                done.append(f"⚠️ {_md(str(exc))}")
+        return self.overview(), "  \n".join(done)

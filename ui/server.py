@@ -1,0 +1,121 @@
+"""`serve(library, ...)`: launch the UI with private defaults.
+
+Loopback only unless asked, no share link unless asked, no analytics, uploads capped, and
+Gradio's file routes limited to the library's thumbnail folder (never the photo folders,
+never the catalog or the index).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from clipsearch.errors import ClipSearchError
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from clipsearch.library import Library
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+MAX_FILE_SIZE = "25mb"
+GRADIO_CACHE_DIR = "cache/gradio"
+_PRIVATE_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "index.faiss", "index.faiss.json",
+                  "lock")
+_our_temp_dir: str | None = None
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    """`user:password` → (user, password); the password may contain colons."""
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ClipSearchError(f"--auth wants user:password, got {value!r}")
+    return user.strip(), password
+
+
+def read_auth_file(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """Logins from a file of `user:password` lines (blank lines and # comments ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClipSearchError(f"cannot read auth file {path}: {exc.strerror or exc}") from exc
+    logins = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            logins.append(parse_auth(line))
+        except ClipSearchError:
+            raise ClipSearchError(f"{path}:{n}: expected user:password") from None
+    if not logins:
+        raise ClipSearchError(f"auth file {path} has no user:password lines")
+    return logins
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _use_private_temp_dir(library: "Library") -> None:
+    # Gradio copies every image it sends (thumbnails, previews) and every upload into its
+    # temp folder, by default a world-readable /tmp/gradio. Keep them in the library instead,
+    # unless the user chose a folder.
+    global _our_temp_dir
+    current = os.environ.get("GRADIO_TEMP_DIR")
+    if current and current != _our_temp_dir:
+        return
+    folder = Path(library.folder) / GRADIO_CACHE_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _our_temp_dir = os.environ["GRADIO_TEMP_DIR"] = str(folder)
+
+
+def blocked_paths(library: "Library", thumbs: Path) -> list[str]:
+    """What Gradio must never serve even if asked: the catalog and index, and the photo folders."""
+    folder = Path(library.folder)
+    blocked = [str(folder / name) for name in _PRIVATE_FILES]
+    # A photo folder may hold the library (and so the thumbnails): then only its files are blocked by name.
+    blocked += [r for r in library.roots() if not str(thumbs).startswith(r.rstrip("/") + "/")]
+    return blocked
+
+
+def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
+          auth: tuple[str, str] | list[tuple[str, str]] | Callable[[str, str], bool] | None = None,
+          share: bool = False, open_browser: bool = False, block: bool = True, *,
+          on_ready: Callable[[str], None] | None = None) -> "gr.Blocks":
+    """Launch the web UI over `library` and return the running app (`.close()` stops it).
+
+    `auth` is (user, password), a list of them, or a callable; `share=True` asks Gradio for a
+    public link (off by default: this serves private photos). With `block`, returns only when
+    the server stops (Ctrl-C). `on_ready(url)` is called once the server listens; without it
+    Gradio prints its own banner.
+    """
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    _use_private_temp_dir(library)
+    from clipsearch_ui.app import build_app, launch_kwargs
+
+    demo = build_app(library)
+    thumbs = demo.clipsearch_handlers.thumbs.folder  # type: ignore[attr-defined]
+    thumbs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if isinstance(auth, list) and not auth:
+        auth = None
+    if not is_loopback(host) and auth is None:
+        log.warning("serving on %s without a login: anyone who can reach this address sees your photos", host)
+    demo.queue(default_concurrency_limit=4)
+    demo.launch(
+        server_name=host, server_port=port, share=share, auth=auth, inbrowser=open_browser,
+        prevent_thread_lock=True, quiet=on_ready is not None, show_error=False,
+        # Only the thumbnail folder: never the photo folders or the library folder itself.
+        allowed_paths=[str(thumbs)], blocked_paths=blocked_paths(library, thumbs),
+        max_file_size=MAX_FILE_SIZE, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
+        run_history=False, footer_links=["settings"], auth_message="clipsearch: log in to see this photo library",
+        **launch_kwargs(),
+    )
+    if on_ready is not None:
+        on_ready(demo.share_url or demo.local_url or f"http://{host}:{port}/")
+    if block:
+        demo.block_thread()
+    return demo
