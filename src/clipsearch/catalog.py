@@ -128,8 +128,11 @@ class Catalog:
         self._db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes: all of them land, or none (also on a crash)."""
+    def transaction(self, *, bump: bool = True) -> Iterator[None]:
+        """Group writes: all of them land, or none (also on a crash).
+
+        `bump=False` for writes that don't touch images, so the index stays current.
+        """
         if self._in_tx:
             yield
             return
@@ -137,7 +140,8 @@ class Catalog:
         self._in_tx = True
         try:
             yield
-            self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+            if bump:
+                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -285,7 +289,7 @@ class Catalog:
         """Add texts to the collection, skipping ones already there; returns how many were new."""
         now = time.time()
         added = 0
-        with self.transaction():
+        with self.transaction(bump=False):
             for text, vec in zip(texts, vectors):
                 cur = self._db.execute("INSERT OR IGNORE INTO texts(text, vector, added_at) VALUES (?, ?, ?)",
                                        (text, _blob(vec), now))
@@ -294,7 +298,7 @@ class Catalog:
 
     def remove_texts(self, texts: Sequence[str]) -> int:
         removed = 0
-        with self.transaction():
+        with self.transaction(bump=False):
             for text in texts:
                 removed += self._db.execute("DELETE FROM texts WHERE text=?", (text,)).rowcount
         return removed
