@@ -18,6 +18,7 @@ from clipsearch.errors import ClipSearchError
 COMMAND_MODULES = (
     "clipsearch.cli.core",
     "clipsearch.cli.toyworld",
+    "clipsearch.cli.model",
     "clipsearch.cli.demo",
     "clipsearch.cli.serve",
 )
