@@ -21,9 +21,9 @@ _PARTS = (("seen", "seen", 2 / 3, 101), ("held-out", "test", 1 / 3, 202))
 
 EXAMPLE_QUERIES = (
     "a red car on a road at night",
-    "two boats at sea at sunset",
-    "a yellow bird above a green tree",
-    "snow + night - car",
+    "a red car on a road at night - night + day",
+    "a red car at night - red + blue",
+    "a blue car on a road",
 )
 
 
