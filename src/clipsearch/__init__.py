@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from clipsearch.errors import (
     CatalogError,
     ClipSearchError,
+    DatasetError,
     ImageLoadError,
     IndexFileError,
     LibraryLockedError,
@@ -17,6 +18,7 @@ from clipsearch.errors import (
     PhotoRootError,
     QueryError,
     SchemaVersionError,
+    TrainingError,
     WeightsUnavailableError,
 )
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Library", "Hit", "TextHit", "ClipSearchError", "CatalogError", "ImageLoadError",
     "IndexFileError", "LibraryLockedError", "ModelError", "ModelMismatchError",
-    "PhotoRootError", "QueryError", "SchemaVersionError", "WeightsUnavailableError",
+    "PhotoRootError", "QueryError", "SchemaVersionError", "WeightsUnavailableError", "DatasetError", "TrainingError",
 ]
 
 

@@ -49,3 +49,11 @@ class PhotoRootError(ClipSearchError):
 
 class LibraryLockedError(ClipSearchError):
     """Another process is already writing to this library."""
+
+
+class DatasetError(ClipSearchError):
+    """A captions csv is missing, malformed or names images that do not exist."""
+
+
+class TrainingError(ClipSearchError):
+    """A training run cannot start or continue as asked."""

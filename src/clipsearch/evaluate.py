@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from clipsearch.errors import ClipSearchError
+from clipsearch.errors import ClipSearchError, DatasetError
 
 if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
@@ -34,10 +34,6 @@ RELEVANCE_MODES = ("auto", "canonical", "exact")
 # 1 to 2 points; see docs/training.md.
 DEFAULT_ANALOGY_TEMPLATE = "{} scene"
 DEFAULT_MAX_ANALOGY_QUERIES = 2000
-
-
-class DatasetError(ClipSearchError):
-    """A captions csv is missing, malformed or names images that do not exist."""
 
 
 # ---------------------------------------------------------------------------------------

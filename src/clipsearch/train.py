@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from clipsearch.errors import ClipSearchError, ImageLoadError, ModelError
+from clipsearch.errors import ImageLoadError, ModelError, TrainingError
 from clipsearch.evaluate import (
     DatasetError, EvalData, EvalResult, build_eval_data, read_captions_csv, score_embeddings,
 )
@@ -44,10 +44,6 @@ _EVAL_BATCH = 1024
 # A resumed run must be the run that was interrupted: these fields decide its weights.
 _RUN_DEFINING = ("csv", "model", "pretrained", "epochs", "batch_size", "lr", "wd", "warmup", "beta1", "beta2",
                  "eps", "grad_clip", "seed", "augment")
-
-
-class TrainingError(ClipSearchError):
-    """A training run cannot start or continue as asked."""
 
 
 @dataclass(frozen=True)
