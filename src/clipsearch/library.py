@@ -14,7 +14,7 @@ import fcntl
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -22,7 +22,10 @@ import numpy as np
 
 from clipsearch.catalog import Catalog, ImageRow
 from clipsearch.errors import ClipSearchError, IndexFileError, LibraryLockedError, ModelMismatchError
-from clipsearch.index import VectorIndex
+from clipsearch.index import (
+    AUTO, INDEX_KINDS, RECALL_QUERIES, TRAIN_MAX, IndexConfigError, IndexSpec, VectorIndex, build_index,
+    choose_index, needs_rebuild, parse_size, recall_queries,
+)
 from clipsearch.indexer import Indexer, IndexReport
 from clipsearch.search import Hit, Searcher, TextHit
 
@@ -54,6 +57,13 @@ class LibraryInfo:
     index_count: int
     roots: list[str]
     last_report: dict | None
+    index_factory: str = "Flat"                                   # the faiss index, e.g. "IVF1024,SQ8"
+    index_params: dict = field(default_factory=dict)              # nprobe / efSearch and structure
+    index_bytes: int = 0                                          # predicted serialized size
+    index_setting: str = AUTO                                     # what was asked: auto, auto under a budget, a kind
+    index_max_memory: int | None = None
+    index_recall: float | None = None                             # recall@10 vs exact search; 1.0 for flat
+    index_recall_note: str = ""                                   # how index_recall was measured
 
 
 def _pretrained_key(value: str | None) -> str:
@@ -169,9 +179,17 @@ class Library:
         self.vector_index.save(self.folder / INDEX_FILE, self.catalog.generation)
 
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
-              exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64) -> IndexReport:
-        """Index the photos under `root` incrementally: only new and changed files are encoded."""
+              exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
+              max_memory: int | str | None = None) -> IndexReport:
+        """Index the photos under `root` incrementally: only new and changed files are encoded.
+
+        `index_kind` ("auto" or one of INDEX_KINDS) and `max_memory` (bytes or "600MB"; 0
+        or "none" for no budget) change the library's index choice, kept for later runs.
+        When the library has outgrown its index (or shrunk below it), the index is rebuilt
+        from the stored vectors after the sync: see `clipsearch.index.choose_index`.
+        """
         with self._write_lock():
+            self._set_index_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
                               batch_size=batch_size)
             report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty)
@@ -179,15 +197,63 @@ class Library:
             roots.add(report.root)
             self.catalog.set_meta("roots", sorted(roots))
             self.catalog.set_meta("last_report", report.to_dict())
+            try:
+                self._fit_index()
+            except IndexConfigError as exc:
+                # The photos are indexed; only the index choice failed (a budget the grown library no longer fits).
+                log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
         return report
 
-    def rebuild_index(self) -> int:
-        """Rebuild the index from the stored vectors (no re-encoding); returns the count."""
+    def rebuild_index(self, index_kind: str | None = None, max_memory: int | str | None = None) -> int:
+        """Rebuild (and retrain) the index from the stored vectors, no re-encoding; returns the count.
+
+        `index_kind` and `max_memory` change the index choice as for `index`.
+        """
         with self._write_lock():
-            self.vector_index = _build_from_catalog(self.catalog, self.dim, self.vector_index.meta.kind)
-            self.searcher.index = self.vector_index
-            self.save_index()
+            self._set_index_choice(index_kind, max_memory)
+            self._install_index(_build_from_catalog(self.catalog, self.dim, self._wanted_spec(None)))
         return self.vector_index.ntotal
+
+    def index_choice(self) -> tuple[str, int | None]:
+        """The library's index setting: (kind or "auto", memory budget in bytes or None)."""
+        raw = json.loads(self.catalog.get_meta("index_choice") or "{}")
+        return raw.get("kind", AUTO), raw.get("max_memory") or None
+
+    def _set_index_choice(self, kind: str | None, max_memory: int | str | None) -> None:
+        if kind is None and max_memory is None:
+            return
+        old_kind, old_budget = self.index_choice()
+        kind = old_kind if kind is None else kind
+        if kind != AUTO and kind not in INDEX_KINDS:
+            raise IndexConfigError(f"unknown index kind {kind!r}; choose one of: {AUTO}, {', '.join(INDEX_KINDS)}")
+        if max_memory is None:
+            budget = old_budget
+        elif isinstance(max_memory, str):
+            budget = None if max_memory.strip().lower() in ("none", "0", "") else _parse_budget(max_memory)
+        else:
+            budget = int(max_memory) or None
+        self.catalog.set_meta("index_choice", {"kind": kind, "max_memory": budget})
+
+    def _wanted_spec(self, current: IndexSpec | None) -> IndexSpec:
+        kind, budget = self.index_choice()
+        return choose_index(self.catalog.count("ok"), self.dim, kind, budget, current=current)
+
+    def _fit_index(self) -> None:
+        """Rebuild the index when the library's size or setting calls for another one."""
+        current = self.vector_index.spec
+        wanted = self._wanted_spec(current)
+        if wanted.needs_training and not self.catalog.count("ok"):
+            return  # nothing to train on yet
+        if needs_rebuild(current, wanted):
+            log.info("library of %d images: rebuilding the %s index as %s", self.catalog.count("ok"),
+                     current.kind, wanted.describe(self.dim))
+            self._install_index(_build_from_catalog(self.catalog, self.dim, wanted))
+
+    def _install_index(self, index: VectorIndex) -> None:
+        self.vector_index = index
+        self.searcher.index = index
+        self.save_index()
+        self.catalog.set_meta("index", index.meta.summary())
 
     def add_texts(self, texts: Sequence[str]) -> int:
         """Add captions or labels to the text collection (for image→text); returns how many were new."""
@@ -288,11 +354,24 @@ class Library:
 
     def info(self) -> LibraryInfo:
         raw = self.catalog.get_meta("last_report")
+        meta = self.vector_index.meta
+        kind, budget = self.index_choice()
+        if meta.kind == "flat":
+            recall, note = 1.0, "exact search"
+        elif meta.recall_at_10 is None:
+            recall, note = None, "not measured (run clipsearch rebuild-index)"
+        else:
+            recall, note = meta.recall_at_10, (f"vs exact search, {meta.recall_queries} held-out queries, "
+                                               f"measured at build over {meta.recall_vectors} vectors")
+        params = {k: v for k, v in (("nprobe", meta.nprobe), ("efSearch", meta.ef_search)) if v}
         return LibraryInfo(
             folder=str(self.folder), model=self.model, pretrained=self.pretrained, dim=self.dim,
             images=self.catalog.count("ok"), failed=self.catalog.count("error"), texts=self.catalog.text_count(),
-            index_kind=self.vector_index.meta.kind, index_count=self.vector_index.ntotal, roots=self.roots(),
+            index_kind=meta.kind, index_count=self.vector_index.ntotal, roots=self.roots(),
             last_report=json.loads(raw) if raw else None,
+            index_factory=meta.factory, index_params={**meta.spec, **params},
+            index_bytes=self.vector_index.predicted_bytes(), index_setting=kind, index_max_memory=budget,
+            index_recall=recall, index_recall_note=note,
         )
 
 
@@ -302,11 +381,49 @@ def _load_encoder(model: str, pretrained: str | None, device: str | None) -> "En
     return load_encoder(model, pretrained, device=device)
 
 
-def _build_from_catalog(catalog: Catalog, dim: int, kind: str = "flat") -> VectorIndex:
-    index = VectorIndex.create(dim, kind)
-    for ids, vecs in catalog.iter_vectors(dim):
-        index.add(ids, vecs)
-    return index
+def _parse_budget(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise IndexConfigError(f"max_memory: {exc}") from None
+
+
+def _stored_spec(catalog: Catalog, dim: int) -> IndexSpec:
+    """The index the library's setting asks for at its current size; flat if the setting can't be met."""
+    raw = json.loads(catalog.get_meta("index_choice") or "{}")
+    try:
+        return choose_index(catalog.count("ok"), dim, raw.get("kind", AUTO), raw.get("max_memory") or None)
+    except IndexConfigError as exc:
+        log.warning("%s; using a flat index", exc)
+        return IndexSpec("flat")
+
+
+def _build_from_catalog(catalog: Catalog, dim: int, spec: IndexSpec | None = None) -> VectorIndex:
+    """Build an index from the stored vectors: trained on a seeded sample, tuned and measured on held-out queries.
+
+    The queries for tuning and for the stored recall are `recall_queries` made from a
+    sample of the stored vectors, plus up to a fifth of them from the text collection
+    (real text embeddings) when it has any.
+    """
+    spec = spec or _stored_spec(catalog, dim)
+    n = catalog.count("ok")
+    if spec.needs_training and not n:
+        spec = IndexSpec("flat")  # nothing to train on yet; the next index run fits it
+    train = queries = None
+    if spec.kind != "flat" and n:
+        rng = np.random.default_rng(0)
+        ids = catalog.ok_ids()
+        sample_ids = np.sort(rng.choice(ids, min(n, TRAIN_MAX if spec.needs_training else 20_000), replace=False))
+        found = catalog.vectors_for(sample_ids.tolist(), dim)
+        sample = np.stack([found[i] for i in sample_ids.tolist() if i in found]).astype(np.float32)
+        train = sample if spec.needs_training else None
+        queries = recall_queries(sample, RECALL_QUERIES, seed=1)
+        _, _, text_vecs = catalog.text_vectors(dim)
+        if len(text_vecs):
+            take = rng.choice(len(text_vecs), min(len(text_vecs), RECALL_QUERIES // 5), replace=False)
+            queries[: len(take)] = text_vecs[take]
+            queries = queries[rng.permutation(len(queries))]  # texts in both the tuning and the measuring half
+    return build_index(spec, dim, catalog.iter_vectors(dim), train=train, queries=queries)
 
 
 def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorIndex:
@@ -322,7 +439,7 @@ def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorInde
         return _build_from_catalog(catalog, dim)
     if index.dim != dim:
         log.warning("index %s has dimension %d, catalog %d; rebuilding", path, index.dim, dim)
-        return _build_from_catalog(catalog, dim, index.meta.kind)
+        return _build_from_catalog(catalog, dim)
     if index.meta.generation != catalog.generation:
         _reconcile(index, catalog, dim)
     return index

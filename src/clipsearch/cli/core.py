@@ -53,12 +53,47 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
         print(f"{h.score:.4f}  {label}")
 
 
+def add_index_choice_args(p: argparse.ArgumentParser) -> None:
+    """--index and --max-memory: which vector index the library uses (kept for later runs)."""
+    from clipsearch.index import AUTO, FLAT_MAX_VECTORS, INDEX_KINDS
+
+    p.add_argument("--index", default=None, choices=[AUTO, *INDEX_KINDS], metavar="KIND",
+                   help=f"vector index: {AUTO} (exact search up to {FLAT_MAX_VECTORS:,} images, IVF-SQ8 "
+                        f"above), or one of {', '.join(INDEX_KINDS)}; kept for later runs")
+    p.add_argument("--max-memory", default=None, type=_memory_size, metavar="SIZE",
+                   help="memory budget for the index, like 600MB or 2GB ('none' to drop it): auto then "
+                        "picks smaller codes (less recall) until the index fits; kept for later runs")
+
+
+def _memory_size(text: str) -> int:
+    from clipsearch.index import parse_size
+
+    if text.strip().lower() == "none":
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _index_line(lib: Any) -> str:
+    info = lib.info()
+    recall = "exact" if info.index_kind == "flat" else (
+        f"recall@10 {info.index_recall:.3f}" if info.index_recall is not None else "recall not measured")
+    from clipsearch.index import format_size
+
+    return (f"{lib.vector_index.describe()}, {info.index_count} vectors, ~{format_size(info.index_bytes)}, "
+            f"{recall}")
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     with open_library(args, create=True) as lib:
         status = 0
         reports = []
+        before = lib.vector_index
         for root in args.photos:
-            report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude)
+            report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude,
+                               index_kind=args.index, max_memory=args.max_memory)
             if args.json:
                 reports.append(report.to_dict())
                 continue
@@ -70,6 +105,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
         if args.json:
             # One JSON document: the report, or a list of them for several folders.
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
+        elif lib.vector_index is not before:
+            print(f"index rebuilt: {_index_line(lib)}")
         return status
 
 
@@ -137,6 +174,8 @@ def _cmd_texts(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from clipsearch.library import Library
 
+    from clipsearch.index import format_size
+
     with Library.open(args.library or default_library(), create=False) as lib:
         info = lib.info()
         if args.json:
@@ -146,7 +185,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"model:     {info.model} / {info.pretrained or 'random weights'} ({info.dim}-d)")
         print(f"images:    {info.images} indexed, {info.failed} skipped")
         print(f"texts:     {info.texts}")
-        print(f"index:     {info.index_kind}, {info.index_count} vectors")
+        print(f"index:     {_index_line(lib)}")
+        if info.index_kind != "flat" and info.index_recall is not None:
+            print(f"recall:    {info.index_recall:.3f} recall@10 {info.index_recall_note}")
+        setting = info.index_setting + (f", at most {format_size(info.index_max_memory)}" if info.index_max_memory
+                                        else "")
+        print(f"setting:   --index {setting}")
         for root in info.roots:
             print(f"root:      {root}")
         if info.last_report:
@@ -161,7 +205,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        print(f"index rebuilt from stored vectors: {lib.rebuild_index()} images")
+        count = lib.rebuild_index(index_kind=args.index, max_memory=args.max_memory)
+        print(f"index rebuilt from stored vectors: {count} images")
+        print(f"index:     {_index_line(lib)}")
     return 0
 
 
@@ -174,6 +220,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATH", help="skip this folder (repeatable)")
     p.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list at most N skipped files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_index_choice_args(p)
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("search", help="text → image search (with query arithmetic)",
@@ -218,6 +265,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("rebuild-index", help="rebuild the vector index from stored vectors (no re-encoding)")
+    p = sub.add_parser("rebuild-index", help="rebuild the vector index from stored vectors (no re-encoding)",
+                       description="Rebuild (and retrain) the vector index from the stored vectors; with --index "
+                                   "or --max-memory, change the library's index choice first.")
     add_library_args(p)
+    add_index_choice_args(p)
     p.set_defaults(func=_cmd_rebuild)
