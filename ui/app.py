@@ -73,7 +73,9 @@ def build_app(library: "Library", *, handlers: Handlers | None = None) -> gr.Blo
                                                    elem_id="query", max_length=500)
                             with gr.Tab("By image"):
                                 with gr.Row():
-                                    upload = gr.Image(type="filepath", sources=["upload", "clipboard"],
+                                    # image_mode=None: Gradio hands uploads over undecoded (its convert() would
+                                    # decode a 20 KB PNG bomb in full); only our capped loader decodes them.
+                                    upload = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                                       label="Upload or paste an image", height=200, elem_id="upload")
                                     with gr.Column():
                                         upload_text = gr.Textbox(label="Plus text (optional)",
@@ -107,7 +109,7 @@ def build_app(library: "Library", *, handlers: Handlers | None = None) -> gr.Blo
                             "Add your own labels to sort photos by them: zero-shot labelling.")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2):
-                        describe_image = gr.Image(type="filepath", sources=["upload", "clipboard"],
+                        describe_image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                                   label="Image to describe", height=360, elem_id="describe-image")
                         describe_k = gr.Slider(1, 50, value=8, step=1, label="Texts to show")
                     with gr.Column(scale=3):

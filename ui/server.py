@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
+# Host headers a loopback-only server answers to (Starlette keeps the brackets of IPv6 literals).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MAX_FILE_SIZE = "25mb"
 GRADIO_CACHE_DIR = "cache/gradio"
 _PRIVATE_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "index.faiss", "index.faiss.json",
@@ -105,6 +107,15 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
     if not is_loopback(host) and auth is None:
         log.warning("serving on %s without a login: anyone who can reach this address sees your photos", host)
     demo.queue(default_concurrency_limit=4)
+    app_kwargs = {}
+    if is_loopback(host) and not share:
+        # DNS rebinding: a web page whose name is made to resolve to 127.0.0.1 would be "same
+        # origin" with the UI and could read the library through the visitor's browser.
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        allowed = sorted({*LOOPBACK_HOSTS, f"[{host}]" if ":" in host else host})
+        app_kwargs["middleware"] = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed)]
     demo.launch(
         server_name=host, server_port=port, share=share, auth=auth, inbrowser=open_browser,
         prevent_thread_lock=True, quiet=on_ready is not None, show_error=False,
@@ -112,7 +123,7 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
         allowed_paths=[str(thumbs)], blocked_paths=blocked_paths(library, thumbs),
         max_file_size=MAX_FILE_SIZE, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
         run_history=False, footer_links=["settings"], auth_message="clipsearch: log in to see this photo library",
-        **launch_kwargs(),
+        app_kwargs=app_kwargs, **launch_kwargs(),
     )
     if on_ready is not None:
         on_ready(demo.share_url or demo.local_url or f"http://{host}:{port}/")

@@ -136,18 +136,34 @@ class Catalog:
         if self._in_tx:
             yield
             return
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._write_error(exc) from exc
         self._in_tx = True
         try:
             yield
             if bump:
                 self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
             self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite may already have rolled back (a full disk does that); a second ROLLBACK
+            # would raise and hide the real error.
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("rollback of %s failed; SQLite undoes the change when it next opens", self.path)
+            if isinstance(exc, sqlite3.Error):
+                raise self._write_error(exc) from exc
             raise
         finally:
             self._in_tx = False
+
+    def _write_error(self, exc: sqlite3.Error) -> CatalogError:
+        return CatalogError(f"could not write to the catalog {self.path} ({exc}); nothing of this change was "
+                            "saved and what was there before is intact: free some disk space (or wait for the "
+                            "other writer) and run again")
 
     # -- metadata -------------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -156,8 +172,9 @@ class Catalog:
 
     def set_meta(self, key: str, value: Any) -> None:
         text = value if isinstance(value, str) else json.dumps(value)
-        self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                         (key, text))
+        with self.transaction(bump=False):
+            self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                             (key, text))
 
     def meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "MAX_ASPECT_RATIO",
     "SUPPORTED_EXTENSIONS",
     "is_supported",
     "load_image",
@@ -41,6 +42,8 @@ SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
 )
 DEFAULT_MAX_PIXELS: int = 150_000_000
 DEFAULT_MAX_BYTES: int = 256 * 1024 * 1024
+# Long side over short side; the longest panoramas and page-long screenshots stay well under.
+MAX_ASPECT_RATIO: int = 100
 
 # No "MPO": Pillow opens multi-picture JPEGs through the JPEG factory.
 _BASE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
@@ -100,11 +103,22 @@ def load_image(
         label = name or path
         _check_file(path, label, max_bytes)
         try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed by the with below
+            # O_NONBLOCK: a file swapped for a FIFO since the check above can't block the open.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
             raise ImageLoadError(label, _os_reason(e)) from e
-        with fh:
-            return _decode(fh, label, target_size, max_pixels)
+        with open(fd, "rb") as fh:
+            # Checked again on what was opened, which may not be what `path` named a moment ago.
+            before = os.fstat(fh.fileno())
+            _check_stat(before, label, max_bytes)
+            image = _decode(fh, label, target_size, max_pixels)
+            after = os.fstat(fh.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+            raise ImageLoadError(label, "file changed while it was being read; index again to pick up "
+                                        "the new version")
+        # The (size, mtime) of the version decoded: a catalog must not claim a newer one.
+        image.info["file_stat"] = (before.st_size, before.st_mtime_ns)
+        return image
 
     # A binary stream.
     stream_name = getattr(source, "name", None)
@@ -118,6 +132,10 @@ def _check_file(path: str, label: str, max_bytes: int) -> None:
         st = os.stat(path)
     except OSError as e:
         raise ImageLoadError(label, _os_reason(e)) from e
+    _check_stat(st, label, max_bytes)
+
+
+def _check_stat(st: os.stat_result, label: str, max_bytes: int) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(label, "is a folder, not an image file")
     if not stat.S_ISREG(st.st_mode):
@@ -196,6 +214,12 @@ def _finish(im: Image.Image, label: str, target_size: int | None, max_pixels: in
         )
     if width < 1 or height < 1:
         raise ImageLoadError(label, f"image has no pixels ({width}×{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        # A model resizes the short side up to its input size: a 1×100000 strip of a few
+        # hundred bytes would become gigabytes of pixels there.
+        raise ImageLoadError(
+            label, f"image is {width}×{height}, longer than {MAX_ASPECT_RATIO}:1; not a photo"
+        )
 
     if target_size is not None and im.format in _JPEG_FORMATS:
         # libjpeg scales by 1/2, 1/4 or 1/8 and keeps both sides >= the requested size.

@@ -29,6 +29,7 @@ reached on a second, separate half of them is stored with the index.
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -347,6 +348,24 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
+def remove_stale_temp_files(path: str | Path) -> int:
+    """Delete the temp files of `atomic_write_bytes(path)` (and of its sidecar) left by a killed process.
+
+    Only safe while no other process can be writing `path` (the library's write lock).
+    """
+    path = Path(path)
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except OSError:
+            pass
+    if removed:
+        log.info("removed %d temp files a killed process left next to %s", removed, path)
+    return removed
+
+
 # -- the index -----------------------------------------------------------------------------
 def _new_faiss_index(spec: IndexSpec, dim: int) -> Any:
     import faiss
@@ -607,12 +626,27 @@ class VectorIndex:
             meta = IndexMeta(**{k: v for k, v in raw.items() if k in known})
         except (OSError, ValueError, TypeError):
             meta = _meta_from_index(index)  # sidecar lost: a reconcile will follow
-        if (ivf is not None) != (meta.kind in _IVF_KINDS):
-            log.warning("index sidecar of %s says %s, the file holds another kind; trusting the file", path, meta.kind)
+        if not _sidecar_fits(index, ivf, meta):
+            # A save killed between the index file and its sidecar: the sidecar's tombstones and
+            # kind may be another file's. The file's own facts, and an unknown generation (so the
+            # library reconciles it with the catalog), are safe.
+            log.warning("index sidecar of %s (%s, %d vectors) does not describe the file beside it; trusting the file",
+                        path, meta.kind, meta.count)
             meta = _meta_from_index(index)
         out = cls(index, meta)
         out._apply_search_params()
         return out
+
+
+def _sidecar_fits(index: Any, ivf: Any, meta: IndexMeta) -> bool:
+    """Whether `meta` was saved with this index: the same family of kind and the same number of vectors."""
+    import faiss
+
+    if (ivf is not None) != (meta.kind in _IVF_KINDS):
+        return False
+    if ivf is None and isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW) != (meta.kind == "hnsw"):
+        return False
+    return meta.count + len(meta.deleted) == index.ntotal
 
 
 def _ivf_or_none(index: Any) -> Any:
@@ -836,5 +870,6 @@ __all__ = [
     "AUTO", "FLAT_MAX_VECTORS", "INDEX_KINDS", "IndexConfigError", "IndexMeta", "IndexSpec", "VectorIndex",
     "ExactTopK", "atomic_write_bytes", "build_index", "choose_index", "exact_search", "format_size",
     "needs_rebuild", "nlist_for", "parse_size", "predict_bytes", "recall_at_k", "recall_queries",
+    "remove_stale_temp_files",
     "remove_stale_temp_files",
 ]

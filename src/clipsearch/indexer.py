@@ -227,9 +227,14 @@ class Indexer:
 
 def _decode(record: FileRecord, target_size: int | None) -> _Decoded:
     try:
-        return _Decoded(record, load_image(record.path, target_size=target_size), None)
+        image = load_image(record.path, target_size=target_size)
     except ImageLoadError as exc:
         return _Decoded(record, None, exc.reason)
     except Exception as exc:  # a loader bug must cost one file, not the run
         log.warning("unexpected error decoding %s", record.path, exc_info=True)
         return _Decoded(record, None, f"unexpected error: {exc}")
+    read = image.info.get("file_stat")
+    if read is not None and read != (record.size, record.mtime_ns):
+        # Changed since the scan: the catalog must record the version decoded, not the one scanned.
+        record = FileRecord(record.path, *read)
+    return _Decoded(record, image, None)

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from clipsearch.catalog import Catalog, ImageRow
 from clipsearch.errors import ClipSearchError, IndexFileError, LibraryLockedError, ModelMismatchError
 from clipsearch.index import (
     AUTO, INDEX_KINDS, RECALL_QUERIES, TRAIN_MAX, IndexConfigError, IndexSpec, VectorIndex, build_index,
-    choose_index, needs_rebuild, parse_size, recall_queries,
+    choose_index, needs_rebuild, parse_size, recall_queries, remove_stale_temp_files,
 )
 from clipsearch.indexer import Indexer, IndexReport
 from clipsearch.search import Hit, Searcher, TextHit
@@ -134,6 +134,8 @@ class Library:
             if encoder is not None and encoder.dim != dim:
                 raise ModelMismatchError(f"encoder gives {encoder.dim}-d vectors but library {folder} holds {dim}-d ones")
             index = _load_or_rebuild_index(folder / INDEX_FILE, catalog, dim)
+            if index.meta.generation != catalog.generation:
+                _save_repaired(folder, catalog, index, dim)
         except BaseException:
             catalog.close()
             raise
@@ -170,6 +172,7 @@ class Library:
                 raise LibraryLockedError(
                     f"another clipsearch process is writing to library {self.folder}; "
                     "wait for it to finish and run this again") from None
+            remove_stale_temp_files(self.folder / INDEX_FILE)
             yield
         finally:
             fh.close()
@@ -443,6 +446,42 @@ def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorInde
     if index.meta.generation != catalog.generation:
         _reconcile(index, catalog, dim)
     return index
+
+
+def _try_write_lock(folder: Path) -> IO[str] | None:
+    """The library's write lock if no process holds it (close the file to release it), else None."""
+    try:
+        fh = open(folder / LOCK_FILE, "a+")
+    except OSError:
+        return None  # a read-only library folder: nothing can be written anyway
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _save_repaired(folder: Path, catalog: Catalog, index: VectorIndex, dim: int) -> None:
+    """Write an index repaired at open back, so the next open doesn't repeat the repair.
+
+    Only when no writer holds the lock (a writer saves its own index); otherwise the
+    repaired index serves this process from memory.
+    """
+    path = folder / INDEX_FILE
+    if not index.ntotal and not path.exists():
+        return  # a new, empty library
+    lock = _try_write_lock(folder)
+    if lock is None:
+        log.info("library %s is being written by another process; the repaired index is kept in memory", folder)
+        return
+    with lock:
+        remove_stale_temp_files(path)
+        _reconcile(index, catalog, dim)  # a writer may have committed since the repair, before we got the lock
+        try:
+            index.save(path, catalog.generation)
+        except ClipSearchError as exc:
+            log.warning("%s; the repaired index is used from memory", exc)
 
 
 def _reconcile(index: VectorIndex, catalog: Catalog, dim: int) -> None:
