@@ -613,8 +613,8 @@ class VectorIndex:
 
         path = Path(path)
         try:
-            data = np.fromfile(path, dtype=np.uint8)
-            index = faiss.deserialize_index(data)
+            # By file, so an index built on Ray finds its memory-mapped .ivfdata beside it, wherever the folder moved.
+            index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR)
         except (OSError, RuntimeError, ValueError) as exc:
             raise IndexFileError(f"index file {path} is missing or damaged ({exc})") from exc
         ivf = None if isinstance(index, faiss.IndexIDMap2) else _ivf_or_none(index)

@@ -87,6 +87,10 @@ def _index_line(lib: Any) -> str:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None) is not None:
+        from clipsearch.cli.distributed import cmd_index_ray
+
+        return cmd_index_ray(args)
     with open_library(args, create=True) as lib:
         status = 0
         reports = []
@@ -204,6 +208,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None) is not None:
+        from clipsearch.cli.distributed import cmd_rebuild_ray
+
+        return cmd_rebuild_ray(args)
     with open_library(args) as lib:
         count = lib.rebuild_index(index_kind=args.index, max_memory=args.max_memory)
         print(f"index rebuilt from stored vectors: {count} images")
@@ -212,6 +220,8 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from clipsearch.cli.distributed import add_ray_args
+
     p = sub.add_parser("index", help="index (or re-sync) photo folders")
     p.add_argument("photos", nargs="+", metavar="PHOTOS", help="folders of photos")
     add_library_args(p)
@@ -221,6 +231,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list at most N skipped files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_index_choice_args(p)
+    add_ray_args(p)
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("search", help="text → image search (with query arithmetic)",
@@ -270,4 +281,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "or --max-memory, change the library's index choice first.")
     add_library_args(p)
     add_index_choice_args(p)
+    add_ray_args(p, embedding=False)
     p.set_defaults(func=_cmd_rebuild)

@@ -1,0 +1,768 @@
+"""Index a collection beyond one machine, on Ray: embedding on Ray Data, index build by Ray tasks.
+
+    clipsearch index PHOTOS --library LIB --ray [ADDRESS]
+
+The single-machine path stays the default; nothing here imports Ray until it is asked
+for (`pip install 'clipsearch[distributed]'`). The flow, and who does what:
+
+* the driver (this process, which owns the library folder) scans the folder and diffs
+  it against the catalog exactly as `Indexer.sync` does;
+* Ray Data embeds what changed: `from_items` of the file records, then `map_batches`
+  with `_Embedder`, a callable class run by an actor pool (one actor per worker slot,
+  `num_gpus=1` each where the cluster has GPUs) that builds the encoder once from an
+  `EncoderSpec` and decodes each file with `clipsearch.images.load_image` by path. The
+  workers must see the photos under the same paths (a shared mount), as they would
+  for `read_binary_files`; reading by path also keeps the single-machine reasons for a
+  skipped file (vanished, permission denied, changed while read) and its size re-check;
+* the driver writes the results, in listing order, as Parquet shards in
+  LIB/shards/<root key>/ as they arrive (temp file, fsync, rename), so a run that dies
+  resumes at shard granularity: the files of completed shards are not embedded again;
+* the shards are ingested into the catalog (vectors stored as on one machine, so
+  search, rebuild and the UI work unchanged) and deleted;
+* an index of a trained kind (IVF-PQ, IVF-SQ, ...: whatever `choose_index` picks for the
+  library's size and memory budget) is trained on a random sample of the stored
+  vectors, each block of vectors is added by a Ray task to a copy of the trained, empty
+  index, and the parts are merged with `faiss.contrib.ondisk.merge_ondisk` into one
+  index whose inverted lists live in LIB/index-<stamp>.ivfdata, memory-mapped, so it
+  may be larger than the RAM of the machine that serves it. Ids are catalog ids; the
+  index is tuned and its recall@10 measured as on one machine. Flat and HNSW indexes
+  are built by the single-machine code.
+
+Worker failures are Ray's to retry: Ray Data restarts a dead actor and retries its batch
+(max_restarts / max_task_retries default to infinite for actor pools); index tasks are
+retried by Ray too. A driver that dies loses at most the shard it was writing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from clipsearch.catalog import NewImage
+from clipsearch.errors import ClipSearchError, ImageLoadError, PhotoRootError
+from clipsearch.images import PixelSpec, load_image, to_pixels
+from clipsearch.indexer import IndexReport, SkippedFile
+from clipsearch.scan import FileRecord, scan
+
+if TYPE_CHECKING:
+    from clipsearch.encoder import Encoder
+    from clipsearch.index import IndexSpec, VectorIndex
+    from clipsearch.library import Library
+
+log = logging.getLogger(__name__)
+
+SHARDS_DIR = "shards"
+SHARD_SUFFIX = ".parquet"
+IVFDATA_PREFIX = "index-"
+IVFDATA_SUFFIX = ".ivfdata"
+# Rows per shard: a multiple of INGEST_CHUNK. A dead run loses at most one shard of work.
+DEFAULT_SHARD_ROWS = 4096
+# Catalog rows per transaction at ingest, as `Indexer.chunk_size`, so that a library built
+# here gets the ids the single-machine path would give the same files.
+INGEST_CHUNK = 256
+# Vectors per index-build task: about 100 MB of float32 at 512-d.
+DEFAULT_PART_ROWS = 50_000
+INSTALL_HINT = "pip install 'clipsearch[distributed]' (Ray Data and pyarrow)"
+_META_MODEL = b"clipsearch.model"
+_META_DIM = b"clipsearch.dim"
+
+
+class DistributedError(ClipSearchError):
+    """Ray is missing or unreachable, or a distributed run cannot go on as asked."""
+
+
+# -- configuration --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What each Ray worker builds its encoder from: a model name and weights, never a model object.
+
+    `factory` (a picklable callable returning an Encoder, e.g. a class) replaces the
+    model name for tests and custom encoders. Weights must be on each node: a checkpoint
+    path on shared storage, the bundled model, or each node's cache (no download).
+    """
+
+    model: str = ""
+    pretrained: str | None = None
+    device: str | None = None
+    factory: Callable[[], "Encoder"] | None = None
+
+    def build(self) -> "Encoder":
+        if self.factory is not None:
+            return self.factory()
+        from clipsearch.encoder import load_encoder
+
+        return load_encoder(self.model, self.pretrained, device=self.device, allow_download=False)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a run uses the cluster.
+
+    `address`: None or "" starts a Ray instance on this machine (loopback only), unless
+    $RAY_ADDRESS names a cluster; "auto" joins the cluster started on this machine with
+    `ray start`; "HOST:PORT" or "ray://HOST:PORT" joins that one.
+    `workers`: embedding actors (default: one per GPU, else one per `cpus_per_worker` CPUs).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None   # None: 1 where the cluster has GPUs, else 0
+    batch_size: int = 64
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    part_rows: int = DEFAULT_PART_ROWS
+    num_cpus: int | None = None             # CPUs of a Ray instance started here (default: all)
+    object_store_memory: int | None = None  # bytes, for a Ray instance started here
+
+
+# -- Ray session ----------------------------------------------------------------------------
+def _import_ray() -> Any:
+    # Before the first import: no usage statistics leave the machine.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise DistributedError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from exc
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions | None = None) -> Iterator[Any]:
+    """The `ray` module, connected: to the session already open in this process, else as `options` says.
+
+    A Ray instance started here listens on loopback only and is shut down on exit; a
+    cluster joined here is left running.
+    """
+    options = options or RayOptions()
+    address = options.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None and "ray" not in sys.modules:
+        # Ray picks the machine's network address for a local instance; this keeps it on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+    try:
+        if address is None:
+            ray.init(num_cpus=options.num_cpus, object_store_memory=options.object_store_memory,
+                     include_dashboard=False, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise DistributedError(f"could not connect to {where}: {exc}; check the address "
+                               "(ray status on the head node prints it)") from exc
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# -- shards ---------------------------------------------------------------------------------
+def shard_folder(library_folder: str | os.PathLike, root: str) -> Path:
+    """Where a run over `root` keeps its shards: one folder per root, so runs over other roots don't mix."""
+    key = hashlib.sha1(os.fsencode(root)).hexdigest()[:16]
+    return Path(library_folder) / SHARDS_DIR / key
+
+
+@dataclass
+class Shard:
+    """One shard's rows: files in listing order, a vector for each indexed one, a reason for each skipped one."""
+
+    paths: list[str]
+    sizes: np.ndarray          # int64
+    mtimes: np.ndarray         # int64 (ns)
+    widths: np.ndarray         # int32, -1: unknown
+    heights: np.ndarray        # int32, -1: unknown
+    errors: list[str | None]   # None: indexed
+    vectors: np.ndarray        # (n, dim) float32; zeros for skipped files
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def write_shard(path: Path, shard: Shard, *, model: str) -> None:
+    """Write `shard` as Parquet atomically: temp file, fsync, rename."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = shard.vectors.shape[1]
+    vectors = np.ascontiguousarray(shard.vectors, dtype=np.float32)
+    table = pa.table({
+        "path": pa.array(shard.paths, pa.string()),
+        "size": pa.array(shard.sizes, pa.int64()),
+        "mtime_ns": pa.array(shard.mtimes, pa.int64()),
+        "width": pa.array(shard.widths, pa.int32()),
+        "height": pa.array(shard.heights, pa.int32()),
+        "error": pa.array(shard.errors, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+    }).replace_schema_metadata({_META_MODEL: model.encode(), _META_DIM: str(dim).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_shard(path: Path, *, dim: int, model: str | None = None) -> Shard | None:
+    """A shard written by `write_shard`, or None (with a warning) when it is unreadable or for another model."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        foreign = model is not None and meta.get(_META_MODEL, b"").decode() != model
+        if int(meta.get(_META_DIM, b"0")) != dim or foreign:
+            log.warning("shard %s was made by another model; ignoring it", path)
+            return None
+        flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        return Shard(
+            paths=table.column("path").to_pylist(),
+            sizes=table.column("size").to_numpy().astype(np.int64),
+            mtimes=table.column("mtime_ns").to_numpy().astype(np.int64),
+            widths=table.column("width").to_numpy().astype(np.int32),
+            heights=table.column("height").to_numpy().astype(np.int32),
+            errors=table.column("error").to_pylist(),
+            vectors=np.asarray(flat, np.float32).reshape(-1, dim),
+        )
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        log.warning("shard %s is unreadable (%s); its files will be embedded again", path, exc)
+        return None
+
+
+def _shard_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"*{SHARD_SUFFIX}")) if folder.is_dir() else []
+
+
+# -- the embedding actor --------------------------------------------------------------------
+class _Embedder:
+    """A Ray Data callable class: builds the encoder once per actor, then decodes and embeds batches of files.
+
+    In: batches of {path, size, mtime_ns}. Out: the same rows with width, height, error
+    ("" when indexed) and embedding (zeros for a skipped file). Mirrors `Indexer`: the
+    model's pixels when the encoder takes them (`pixel_spec` / `encode_pixels`), else
+    PIL images; a batch that fails to encode is retried file by file to find the culprit.
+    """
+
+    def __init__(self, encoder_spec: EncoderSpec, batch_size: int, threads: int) -> None:
+        self.encoder = encoder_spec.build()
+        self.batch_size = batch_size
+        if "torch" in sys.modules:  # one actor per worker slot: no more threads than its CPUs
+            import torch
+
+            torch.set_num_threads(max(1, threads))
+        spec = getattr(self.encoder, "pixel_spec", None)
+        self.spec = spec if isinstance(spec, PixelSpec) and callable(getattr(self.encoder, "encode_pixels", None)) \
+            else None
+        self.target_size = getattr(self.encoder, "image_size", None)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        records = [FileRecord(str(p), int(s), int(m))
+                   for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
+        decoded = list(self.pool.map(self._decode, records))
+        dim = int(self.encoder.dim)
+        vectors = np.zeros((len(records), dim), np.float32)
+        errors = [d[3] for d in decoded]
+        ok = [i for i, d in enumerate(decoded) if d[3] is None]
+        for start in range(0, len(ok), self.batch_size):
+            rows = ok[start:start + self.batch_size]
+            for i, vec, err in self._encode([(i, decoded[i][1]) for i in rows]):
+                if err is None:
+                    vectors[i] = vec
+                else:
+                    errors[i] = err
+        sizes = [d[2] for d in decoded]
+        return {
+            "path": np.array([d[0].path for d in decoded], dtype=object),
+            "size": np.array([d[0].size for d in decoded], np.int64),
+            "mtime_ns": np.array([d[0].mtime_ns for d in decoded], np.int64),
+            "width": np.array([s[0] if s else -1 for s in sizes], np.int32),
+            "height": np.array([s[1] if s else -1 for s in sizes], np.int32),
+            "error": np.array([e or "" for e in errors], dtype=object),
+            "embedding": vectors,
+        }
+
+    def _decode(self, record: FileRecord) -> tuple[FileRecord, Any, tuple[int, int] | None, str | None]:
+        """(record as decoded, model input, original size, reason skipped): `indexer._decode`'s contract."""
+        try:
+            image = load_image(record.path, target_size=self.target_size)
+        except ImageLoadError as exc:
+            return record, None, None, exc.reason
+        except Exception as exc:  # a loader bug must cost one file, not the run
+            log.warning("unexpected error decoding %s", record.path, exc_info=True)
+            return record, None, None, f"unexpected error: {exc}"
+        original = image.info.get("original_size")
+        read = image.info.get("file_stat")
+        if read is not None and read != (record.size, record.mtime_ns):
+            record = FileRecord(record.path, *read)  # changed since the scan: record the version decoded
+        if self.spec is None:
+            return record, image, original, None
+        try:
+            return record, to_pixels(image, self.spec), original, None
+        except Exception as exc:
+            return record, None, None, f"could not encode: {exc}"
+
+    def _encode(self, items: list[tuple[int, Any]]) -> list[tuple[int, np.ndarray | None, str | None]]:
+        def encode(inputs: list[Any]) -> np.ndarray:
+            if self.spec is not None:
+                return self.encoder.encode_pixels(np.stack(inputs))
+            return self.encoder.encode_images(inputs, batch_size=self.batch_size)
+
+        if not items:
+            return []
+        try:
+            vecs = encode([x for _, x in items])
+            return [(i, v, None) for (i, _), v in zip(items, vecs)]
+        except ClipSearchError:
+            raise
+        except Exception:  # one odd image must not sink the batch: find it
+            log.debug("batch encode failed; retrying one by one", exc_info=True)
+        out: list[tuple[int, np.ndarray | None, str | None]] = []
+        for i, x in items:
+            try:
+                out.append((i, encode([x])[0], None))
+            except Exception as exc:
+                out.append((i, None, f"could not encode: {exc}"))
+        return out
+
+
+# -- the run --------------------------------------------------------------------------------
+@dataclass
+class _Plan:
+    """What a run must do: files gone, files to index (and which leftover shard already holds each)."""
+
+    report: IndexReport
+    gone: list[Any] = field(default_factory=list)               # catalog rows
+    todo: list[FileRecord] = field(default_factory=list)
+    known: dict[str, Any] = field(default_factory=dict)         # path -> catalog row under root
+
+
+def _under_any(path: str, folders: Sequence[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def _plan(lib: "Library", root: str, exclude: Iterable[str | os.PathLike], allow_empty: bool) -> _Plan:
+    """Scan `root` and diff it against the catalog, as `Indexer.sync` does."""
+    report = IndexReport(root=root)
+    found = scan(root, exclude=exclude)
+    report.scanned = len(found.files)
+    report.skipped.extend(SkippedFile(p, r) for p, r in found.errors)
+    known = lib.catalog.images_under(root)
+    indexed = sum(row.status == "ok" for row in known.values())
+    if not found.files and indexed and not allow_empty:
+        raise PhotoRootError(
+            f"{root} has no photos now but {indexed} are indexed from it; is the drive unmounted? "
+            "Nothing was removed. Pass --allow-empty to remove them from the library")
+    on_disk = {f.path for f in found.files}
+    unreadable = [p for p, _ in found.errors]  # a folder we could not read is not a folder whose photos were deleted
+    plan = _Plan(report, known=known)
+    plan.gone = [row for path, row in known.items() if path not in on_disk and not _under_any(path, unreadable)]
+    for rec in found.files:
+        row = known.get(rec.path)
+        if row is None or row.size != rec.size or row.mtime_ns != rec.mtime_ns:
+            plan.todo.append(rec)
+        elif row.status == "error":
+            report.previously_failed += 1
+        else:
+            report.unchanged += 1
+    return plan
+
+
+def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpec | None = None,
+                 options: RayOptions | None = None, exclude: Iterable[str | os.PathLike] = (),
+                 allow_empty: bool = False, progress: bool = False, index_kind: str | None = None,
+                 max_memory: int | str | None = None) -> IndexReport:
+    """Sync the photos under `root` into `lib`, embedding on Ray; returns the same report as `Library.index`.
+
+    `encoder` defaults to the library's model and weights. `index_kind` and `max_memory`
+    change the library's index choice as for `Library.index`; a trained index kind is
+    built on Ray (see the module docstring).
+    """
+    options = options or RayOptions()
+    encoder = encoder or EncoderSpec(lib.model, lib.pretrained, lib.device)
+    started = time.monotonic()
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    with lib._write_lock(), ray_session(options) as ray:
+        lib._set_index_choice(index_kind, max_memory)
+        plan = _plan(lib, root, [lib.folder, *exclude], allow_empty)
+        report = plan.report
+        # The index this run ends with, judged before it starts: when it is to be built on
+        # Ray anyway, the current one is not updated file by file on the way.
+        expected = lib.catalog.count("ok") - len(plan.gone) + len(plan.todo)
+        rebuild = bool(plan.gone or plan.todo) and _needs_ray_build(lib, expected)
+        if plan.gone:
+            gone_ids = np.array([row.id for row in plan.gone], dtype=np.int64)
+            lib.catalog.remove_images(gone_ids)
+            if not rebuild:
+                lib.vector_index.remove(gone_ids)
+            report.removed = len(plan.gone)
+        try:
+            _embed_and_ingest(lib, ray, plan, encoder, options, progress, update_index=not rebuild)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            raise
+        finally:
+            report.seconds = time.monotonic() - started
+        lib.catalog.set_meta("roots", sorted({*lib.roots(), root}))
+        if rebuild or _needs_ray_build(lib, lib.catalog.count("ok")) and (plan.gone or plan.todo):
+            _install(lib, build_index_on_ray(lib, options=options, ray=ray))
+        elif plan.gone or plan.todo:
+            from clipsearch.index import IndexConfigError
+
+            try:
+                lib._fit_index()  # flat or HNSW: as on one machine
+            except IndexConfigError as exc:
+                log.warning("%s; keeping the %s index", exc, lib.vector_index.describe())
+            lib.save_index()
+        report.seconds = time.monotonic() - started
+        lib.catalog.set_meta("last_report", report.to_dict())
+    return report
+
+
+def rebuild_index_on_ray(lib: "Library", *, options: RayOptions | None = None, index_kind: str | None = None,
+                         max_memory: int | str | None = None) -> int:
+    """`Library.rebuild_index` with the build on Ray when the chosen kind is trained; returns the count."""
+    with lib._write_lock(), ray_session(options) as ray:
+        lib._set_index_choice(index_kind, max_memory)
+        _install(lib, build_index_on_ray(lib, options=options, ray=ray))
+    return lib.vector_index.ntotal
+
+
+def _wanted(lib: "Library", n: int) -> "IndexSpec":
+    from clipsearch.index import choose_index
+
+    kind, budget = lib.index_choice()
+    return choose_index(n, lib.dim, kind, budget, current=lib.vector_index.spec)
+
+
+def _needs_ray_build(lib: "Library", n: int) -> bool:
+    from clipsearch.index import IndexConfigError, needs_rebuild
+
+    try:
+        wanted = _wanted(lib, n)
+    except IndexConfigError:
+        return False  # the single-machine path warns and keeps the index it has
+    current = lib.vector_index
+    return wanted.needs_training and n > 0 and (needs_rebuild(current.spec, wanted) or is_on_disk(current))
+
+
+def _embed_and_ingest(lib: "Library", ray: Any, plan: _Plan, encoder: EncoderSpec, options: RayOptions,
+                      progress: bool, *, update_index: bool) -> None:
+    """Embed `plan.todo` on Ray into shards (reusing the shards a dead run completed), then ingest them."""
+    if not plan.todo:
+        return
+    from tqdm import tqdm
+
+    folder = shard_folder(lib.folder, plan.report.root)
+    model = f"{lib.model}/{lib.pretrained}"  # the library's model: shards of another are not reused
+    for tmp in folder.glob(f".*{SHARD_SUFFIX}.*.tmp") if folder.is_dir() else ():
+        tmp.unlink(missing_ok=True)  # a shard a killed run was writing
+    wanted = {rec.path: rec for rec in plan.todo}
+    # Leftover shards of a run that died: each file they hold, as scanned now, is not embedded again.
+    source: dict[str, Path] = {}
+    leftovers = _shard_files(folder)
+    for path in leftovers:
+        shard = read_shard(path, dim=lib.dim, model=model)
+        if shard is None:
+            path.unlink(missing_ok=True)
+            continue
+        for p, size, mtime in zip(shard.paths, shard.sizes.tolist(), shard.mtimes.tolist()):
+            rec = wanted.get(p)
+            if rec is not None and (rec.size, rec.mtime_ns) == (size, mtime):
+                source[p] = path
+    todo = [rec for rec in plan.todo if rec.path not in source]
+    if source:
+        log.info("%d files are in shards a previous run completed; embedding the other %d", len(source), len(todo))
+
+    new_shards: list[Path] = []
+    if todo:
+        bar = tqdm(total=len(todo), unit="img", desc="embedding on ray", disable=not progress, leave=False)
+        run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        for n, shard in enumerate(_embed(ray, todo, encoder, options)):
+            if shard.vectors.shape[1] != lib.dim:
+                raise DistributedError(f"the workers' encoder gives {shard.vectors.shape[1]}-d vectors but library "
+                                       f"{lib.folder} holds {lib.dim}-d ones: check --model and --pretrained")
+            path = folder / f"{run}-{n:06d}{SHARD_SUFFIX}"
+            write_shard(path, shard, model=model)
+            new_shards.append(path)
+            bar.update(len(shard))
+        bar.close()
+
+    # Ingest in order: leftovers first (by name: by run, then by position), then this run's shards.
+    for path in [p for p in leftovers if p.exists()] + new_shards:
+        shard = read_shard(path, dim=lib.dim, model=model)
+        if shard is None:
+            raise DistributedError(f"shard {path} was written by this run and cannot be read back")
+        keep = [i for i, p in enumerate(shard.paths)
+                if p in wanted and source.get(p, path if path in new_shards else None) == path]
+        for p in (shard.paths[i] for i in keep):
+            del wanted[p]  # a file is ingested once, even if a shard held it twice
+        for start in range(0, len(keep), INGEST_CHUNK):
+            _ingest_rows(lib, shard, keep[start:start + INGEST_CHUNK], plan, update_index=update_index)
+    # Everything a shard held is in the catalog now (or was stale): the shards have done their job.
+    for path in _shard_files(folder):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: _Plan, *, update_index: bool) -> None:
+    """Store one chunk of shard rows as `Indexer._store_chunk` stores a chunk: one transaction, then the index."""
+    report = plan.report
+    new_rows: list[NewImage] = []
+    failures: list[tuple[str, int, int, str]] = []
+    for i in rows:
+        path, size, mtime = shard.paths[i], int(shard.sizes[i]), int(shard.mtimes[i])
+        if shard.errors[i]:
+            failures.append((path, size, mtime, shard.errors[i]))
+        else:
+            w, h = int(shard.widths[i]), int(shard.heights[i])
+            new_rows.append(NewImage(path, size, mtime, shard.vectors[i], w if w >= 0 else None,
+                                     h if h >= 0 else None))
+    replaced = [plan.known[im.path].id for im in new_rows if im.path in plan.known]
+    replaced += [plan.known[f[0]].id for f in failures if f[0] in plan.known]
+    with lib.catalog.transaction():
+        ids = lib.catalog.add_images(new_rows)
+        lib.catalog.add_failures(failures)
+    if update_index:
+        if replaced:
+            lib.vector_index.remove(np.array(replaced, dtype=np.int64))
+        if new_rows:
+            lib.vector_index.add(np.array(ids, dtype=np.int64), np.stack([im.vector for im in new_rows]))
+    for im in new_rows:
+        if im.path in plan.known:
+            report.updated += 1
+        else:
+            report.added += 1
+    report.skipped.extend(SkippedFile(path, reason) for path, _, _, reason in failures)
+
+
+def _worker_resources(ray: Any, options: RayOptions) -> tuple[int, float, float]:
+    """(actors, CPUs each, GPUs each) for the embedding pool."""
+    resources = ray.cluster_resources()
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if options.workers:
+        workers = options.workers
+    elif gpus:
+        workers = max(1, int(resources.get("GPU", 0) // gpus))
+    else:
+        workers = max(1, int(resources.get("CPU", 1) // options.cpus_per_worker))
+    return workers, options.cpus_per_worker, gpus
+
+
+def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: RayOptions) -> Iterator[Shard]:
+    """Run the Ray Data pipeline over `todo`; yields shards of `options.shard_rows` rows in listing order."""
+    import ray.data
+
+    workers, cpus, gpus = _worker_resources(ray, options)
+    if gpus and encoder.factory is None and encoder.device is None:
+        encoder = EncoderSpec(encoder.model, encoder.pretrained, "cuda", None)
+    items = [{"path": r.path, "size": r.size, "mtime_ns": r.mtime_ns} for r in todo]
+    blocks = max(1, min(len(items), math.ceil(len(items) / options.batch_size)))
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    # In order, so shards (and catalog ids) follow the listing; a slow batch holds the others back a little.
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            _Embedder,
+            fn_constructor_kwargs={"encoder_spec": encoder, "batch_size": options.batch_size,
+                                   "threads": max(1, int(cpus))},
+            batch_size=options.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus,
+            num_gpus=gpus or None,
+        )
+        log.info("embedding %d files on Ray with %d workers (%s CPU, %s GPU each)", len(items), workers, cpus, gpus)
+        for batch in ds.iter_batches(batch_size=options.shard_rows, batch_format="numpy"):
+            errors = [str(e) or None for e in batch["error"]]
+            yield Shard(paths=[str(p) for p in batch["path"]], sizes=batch["size"], mtimes=batch["mtime_ns"],
+                        widths=batch["width"], heights=batch["height"], errors=errors,
+                        vectors=np.asarray(batch["embedding"], np.float32))
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+# -- the index build ------------------------------------------------------------------------
+def is_on_disk(index: "VectorIndex") -> bool:
+    """Whether `index` serves its inverted lists from a memory-mapped .ivfdata file."""
+    import faiss
+
+    if not index.spec.needs_training:
+        return False
+    invlists = faiss.extract_index_ivf(index.faiss_index).invlists
+    return isinstance(faiss.downcast_InvertedLists(invlists), faiss.OnDiskInvertedLists)
+
+
+def _train_part(factory_spec: "IndexSpec", dim: int, train: np.ndarray, threads: int) -> np.ndarray:
+    """Ray task: the empty index of `factory_spec`, trained on `train`, serialized."""
+    import faiss
+
+    from clipsearch.index import _new_faiss_index, _train
+
+    faiss.omp_set_num_threads(max(1, threads))
+    index = _new_faiss_index(factory_spec, dim)
+    _train(index, factory_spec, np.ascontiguousarray(train, dtype=np.float32))
+    return faiss.serialize_index(index)
+
+
+def _add_part(trained: np.ndarray, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: int,
+              threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ray task: a block of vectors added to a copy of the trained index, and the block's exact top-k for `queries`."""
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, threads))
+    index = faiss.deserialize_index(trained)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+    scores, found = _top_k(queries @ vectors.T, np.asarray(ids, np.int64), k)
+    return faiss.serialize_index(index), scores, found
+
+
+def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row of `scores` (any order), as (scores, ids)."""
+    ids = np.broadcast_to(ids, scores.shape)
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
+    return scores, np.array(ids)
+
+
+def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, options: RayOptions | None = None,
+                       ray: Any = None) -> "VectorIndex":
+    """Build `lib`'s index from its stored vectors; trained kinds on Ray into a memory-mapped on-disk index.
+
+    `spec` defaults to what the library's index choice picks for its size. Flat and HNSW
+    are built as on one machine. The result is not installed: see `_install`.
+    """
+    from clipsearch.index import (
+        RECALL_K, RECALL_QUERIES, TARGET_RECALL, TRAIN_MAX, IndexMeta, VectorIndex, _spec_fields, _tune,
+        recall_queries,
+    )
+    from clipsearch.library import _build_from_catalog
+
+    options = options or RayOptions()
+    if ray is None:
+        with ray_session(options) as ray:
+            return build_index_on_ray(lib, spec, options=options, ray=ray)
+    catalog, dim = lib.catalog, lib.dim
+    n = catalog.count("ok")
+    spec = spec or _wanted(lib, n)
+    if not spec.needs_training or not n:
+        return _build_from_catalog(catalog, dim, spec)
+
+    started = time.monotonic()
+    rng = np.random.default_rng(0)
+    sample_ids = np.sort(rng.choice(catalog.ok_ids(), min(n, TRAIN_MAX), replace=False))
+    found = catalog.vectors_for(sample_ids.tolist(), dim)
+    sample = np.stack([found[i] for i in sample_ids.tolist() if i in found]).astype(np.float32)
+    queries = recall_queries(sample, RECALL_QUERIES, seed=1)
+    _, _, text_vecs = catalog.text_vectors(dim)
+    if len(text_vecs):  # as the single-machine build: real text embeddings among the queries
+        take = rng.choice(len(text_vecs), min(len(text_vecs), RECALL_QUERIES // 5), replace=False)
+        queries[: len(take)] = text_vecs[take]
+        queries = queries[rng.permutation(len(queries))]
+
+    cpus = max(1, int(options.cpus_per_worker))
+    total_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    train_cpus = min(total_cpus, 4)
+    trained = ray.get(ray.remote(num_cpus=train_cpus)(_train_part).remote(spec, dim, sample, train_cpus))
+    trained_ref, queries_ref = ray.put(trained), ray.put(queries)
+    add = ray.remote(num_cpus=cpus, max_retries=3)(_add_part).options(num_returns=3)
+
+    build_dir = Path(tempfile.mkdtemp(prefix=".index-build-", dir=lib.folder))
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    ivfdata = lib.folder / f"{IVFDATA_PREFIX}{stamp}{IVFDATA_SUFFIX}"
+    try:
+        part_files: list[str] = []
+        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+        best_ids = np.zeros((len(queries), 0), np.int64)
+        pending: list[tuple[Any, Any, Any]] = []
+        in_flight = max(2, 2 * total_cpus // cpus)  # bounds the vectors waiting in the object store
+
+        def collect(refs: tuple[Any, Any, Any]) -> None:
+            nonlocal best_scores, best_ids
+            part, scores, ids = ray.get(list(refs))
+            path = build_dir / f"part-{len(part_files):06d}.index"
+            part.tofile(path)
+            part_files.append(str(path))
+            best_scores, best_ids = _top_k(np.concatenate([best_scores, scores], 1),
+                                           np.concatenate([best_ids, ids], 1), RECALL_K)
+            best_ids = np.ascontiguousarray(best_ids)
+
+        for ids, vectors in catalog.iter_vectors(dim, batch=options.part_rows):
+            pending.append(add.remote(trained_ref, ids, vectors, queries_ref, RECALL_K, cpus))
+            if len(pending) >= in_flight:
+                ready, _ = ray.wait([p[0] for p in pending], num_returns=1)
+                done = next(p for p in pending if p[0] == ready[0])
+                pending.remove(done)
+                collect(done)
+        for refs in pending:
+            collect(refs)
+
+        import faiss
+        from faiss.contrib.ondisk import merge_ondisk
+
+        merged = faiss.deserialize_index(trained)
+        merge_ondisk(merged, part_files, str(ivfdata))
+    except BaseException:
+        ivfdata.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    true_ids = np.take_along_axis(best_ids, order, 1)
+    meta = IndexMeta(kind=spec.kind, dim=dim, spec=_spec_fields(spec), factory=spec.factory(dim),
+                     built_at=time.time(),
+                     extra={"layout": "ondisk", "ivfdata": ivfdata.name, "built_on": "ray",
+                            "parts": len(part_files)})
+    index = VectorIndex(merged, meta)
+    _tune(index, queries, true_ids, TARGET_RECALL, RECALL_K)
+    meta.build_seconds = round(time.monotonic() - started, 3)
+    log.info("built %s over %d vectors on Ray in %d parts in %.1fs, recall@%d %s", index.describe(), index.ntotal,
+             len(part_files), meta.build_seconds, RECALL_K, meta.recall_at_10)
+    return index
+
+
+def _install(lib: "Library", index: "VectorIndex") -> None:
+    """Make `index` the library's (saved atomically), then delete .ivfdata files no index refers to any more."""
+    lib._install_index(index)
+    keep = index.meta.extra.get("ivfdata") if is_on_disk(index) else None
+    for path in lib.folder.glob(f"{IVFDATA_PREFIX}*{IVFDATA_SUFFIX}"):
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
+__all__ = [
+    "DEFAULT_SHARD_ROWS", "DistributedError", "EncoderSpec", "RayOptions", "Shard", "build_index_on_ray",
+    "index_on_ray", "is_on_disk", "ray_session", "read_shard", "rebuild_index_on_ray", "shard_folder",
+    "write_shard",
+]
