@@ -91,7 +91,8 @@ def _count(log: Path) -> int:
 @pytest.fixture(scope="module", params=["local"])
 def ray_cluster(request: pytest.FixtureRequest):
     """A Ray session for this process: 'local' (one node, 2 CPUs) or 'two-node' (1 CPU each); yields its address."""
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), saved]))
     cluster = None
     if request.param == "two-node":
         from ray.cluster_utils import Cluster
@@ -108,6 +109,10 @@ def ray_cluster(request: pytest.FixtureRequest):
         ray.shutdown()
         if cluster is not None:
             cluster.shutdown()
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def _noisy(path: Path, rgb: tuple[int, int, int], seed: int, size: tuple[int, int] = (40, 30)) -> None:
