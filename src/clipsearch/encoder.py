@@ -7,13 +7,14 @@ weights; it never hangs in retries.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 from urllib.parse import urlparse
 
 import numpy as np
@@ -32,6 +33,10 @@ BUNDLED_WEIGHTS = "toyworld.safetensors"
 DEFAULT_MODEL = BUNDLED_MODEL
 RANDOM_TAGS = frozenset({"none", "random"})
 _RANDOM_INIT_SEED = 0
+IMAGE_BACKENDS = ("torch", "onnxruntime")
+IMAGE_BACKEND_ENV = "CLIPSEARCH_IMAGE_BACKEND"
+_ONNX_OPSET = 17
+_ONNX_MIN_COSINE = 0.999
 
 
 @runtime_checkable
@@ -229,6 +234,11 @@ class ClipEncoder:
                        and hasattr(model.text_projection, "shape") else self._probe_dim())
         size = getattr(getattr(model, "visual", None), "image_size", None)
         self.image_size: int | None = int(size[0] if isinstance(size, (tuple, list)) else size) if size else None
+        # Worker processes decode straight to model-sized pixels when the preprocessing is
+        # a plain resize/crop/normalise we can describe without torch; None otherwise.
+        self.pixel_spec, self._normalize = _describe_preprocess(preprocess)
+        self.image_backend = "torch"
+        self._onnx_session: Any = None
 
     def _probe_dim(self) -> int:
         return int(self.encode_texts(["probe"]).shape[1])
@@ -243,8 +253,126 @@ class ClipEncoder:
         """Encode an already preprocessed (N, 3, H, W) batch."""
         import torch
 
+        if self._onnx_session is not None:
+            pixels = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+            return self._to_numpy(torch.from_numpy(self._onnx_session.run(None, {"pixels": pixels})[0]))
         with torch.inference_mode():
             return self._to_numpy(self.model.encode_image(batch.to(self.device)))
+
+    @contextlib.contextmanager
+    def image_threads(self, threads: int) -> Iterator[None]:
+        """Encode images with `threads` CPU threads inside the block (torch's setting is process-wide).
+
+        The indexer uses it to leave cores to its decode workers. An onnxruntime session
+        keeps the thread count it was made with.
+        """
+        import torch
+
+        before = torch.get_num_threads()
+        if self.device == "cpu" and threads > 0:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def use_onnxruntime(self, cache_dir: str | os.PathLike | None = None, *, threads: int | None = None) -> Path:
+        """Encode images with ONNX Runtime from now on; returns the exported model's path.
+
+        The image tower is exported once per set of weights and cached in `cache_dir`
+        (default ~/.cache/clipsearch/onnx), then checked against torch on a probe batch.
+        Raises ModelError when onnxruntime or onnx is missing, the export fails, or the
+        vectors differ from torch's (cosine under 0.999); the encoder then stays on torch.
+        Text encoding always stays on torch.
+        """
+        import torch
+
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise ModelError("the onnxruntime image backend needs onnxruntime and onnx: "
+                             "pip install 'clipsearch[onnx]'") from exc
+        if self.device != "cpu" or self.image_size is None:
+            raise ModelError(f"the onnxruntime image backend runs {self.name} on the CPU only (device is {self.device})")
+        folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "clipsearch" / "onnx"
+        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        path = folder / f"{safe_name}-{self._visual_digest()}-opset{_ONNX_OPSET}.onnx"
+        if not path.is_file():
+            self._export_visual(path)
+        options = onnxruntime.SessionOptions()
+        # Half the cores by default, as torch gets while indexing: the rest decode photos.
+        options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) - (os.cpu_count() or 1) // 2)
+        try:
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for a bad or truncated file
+            raise ModelError(f"onnxruntime could not load {path}: {exc}; delete the file to export it again") from exc
+
+        probe = torch.rand(4, 3, self.image_size, self.image_size, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            expected = self._to_numpy(self.model.encode_image(probe))
+        got = self._to_numpy(torch.from_numpy(session.run(None, {"pixels": probe.numpy()})[0]))
+        cosine = float((expected * got).sum(axis=1).min())
+        if cosine < _ONNX_MIN_COSINE:
+            raise ModelError(f"onnxruntime's {self.name} image vectors differ from torch's (cosine {cosine:.5f}); "
+                             "staying on torch")
+        self._onnx_session = session
+        self.image_backend = "onnxruntime"
+        log.info("encoding images of %s with onnxruntime (%s, cosine to torch %.6f)", self.name, path, cosine)
+        return path
+
+    def _visual_digest(self) -> str:
+        """A short hash of the image tower's weights, naming its exported file."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.blake2b(digest_size=8)
+        for key, tensor in sorted(self.model.visual.state_dict().items()):
+            digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    def _export_visual(self, path: Path) -> None:
+        import tempfile
+        import warnings
+
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        os.close(fd)
+        dummy = torch.zeros(2, 3, self.image_size, self.image_size)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                torch.onnx.export(self.model.visual.eval(), (dummy,), tmp, input_names=["pixels"],
+                                  output_names=["features"], opset_version=_ONNX_OPSET, dynamo=False,
+                                  dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+            os.replace(tmp, path)
+        except Exception as exc:
+            raise ModelError(f"could not export the image tower of {self.name} to ONNX: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        log.info("exported the image tower of %s to %s", self.name, path)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode a (N, H, W, 3) uint8 batch made by `images.to_pixels(..., self.pixel_spec)`.
+
+        Gives the vectors `encode_images` gives for the same images: the same ToTensor and
+        Normalize arithmetic, batched.
+        """
+        import torch
+
+        if self.pixel_spec is None or self._normalize is None:
+            raise ModelError(f"model {self.name} has a preprocessing clipsearch cannot describe as pixels; "
+                             "use encode_images")
+        mean, std = self._normalize
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+        batch = batch.float().div_(255)
+        batch.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        batch.div_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        return self.encode_image_tensors(batch)
 
     def encode_images(self, images: Sequence["Image.Image"], batch_size: int = 64) -> np.ndarray:
         """Encode RGB PIL images; returns (N, dim) float32 with unit rows."""
@@ -270,18 +398,61 @@ class ClipEncoder:
         return np.concatenate(out)
 
 
+def _describe_preprocess(preprocess: object) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+    """(PixelSpec, (mean, std)) for open_clip's eval transform (Resize, CenterCrop, RGB, ToTensor, Normalize).
+
+    (None, None) for anything else (a 'longest' resize with padding, augmentations, a custom
+    callable): the indexer then hands decoded images to `encode_images` instead.
+    """
+    try:
+        from PIL import Image
+        from torchvision import transforms as T
+    except ImportError:
+        return None, None
+    from clipsearch.images import PixelSpec
+
+    steps = list(getattr(preprocess, "transforms", None) or [])
+    if not steps or not isinstance(steps[0], T.Resize) or steps[0].max_size is not None:
+        return None, None
+    resize = steps.pop(0)
+    resample = {T.InterpolationMode.BICUBIC: Image.Resampling.BICUBIC,
+                T.InterpolationMode.BILINEAR: Image.Resampling.BILINEAR}.get(resize.interpolation)
+    size = resize.size
+    if resample is None or not isinstance(size, (int, list, tuple)):
+        return None, None
+    if isinstance(size, (list, tuple)):
+        size = int(size[0]) if len(size) == 1 else (int(size[0]), int(size[1]))
+    crop = None
+    if steps and isinstance(steps[0], T.CenterCrop):
+        crop = tuple(int(v) for v in steps.pop(0).size)
+        crop = (crop[0], crop[0]) if len(crop) == 1 else crop
+    # Our decoder already hands over RGB, so open_clip's RGB conversion is a no-op.
+    while steps and (getattr(steps[0], "mode", None) == "RGB" or getattr(steps[0], "__name__", "") == "_convert_to_rgb"):
+        steps.pop(0)
+    if len(steps) != 2 or not isinstance(steps[0], T.ToTensor) or not isinstance(steps[1], T.Normalize):
+        return None, None
+    mean, std = (tuple(float(v) for v in steps[1].mean), tuple(float(v) for v in steps[1].std))
+    return PixelSpec(size, crop, resample), (mean, std)
+
+
 def _drop_open_clip_random_warning(record: logging.LogRecord) -> bool:
     # open_clip logs this on the root logger; we already warned in our own words.
     return not str(record.msg).startswith("No pretrained weights loaded")
 
 
 def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TAG, *, device: str | None = None,
-                 cache_dir: str | None = None, allow_download: bool | None = None) -> ClipEncoder:
+                 cache_dir: str | None = None, allow_download: bool | None = None,
+                 image_backend: str | None = None) -> ClipEncoder:
     """Build an open_clip model by name (or JSON config path) with the weights `pretrained` names.
 
-    Raises ModelError for an unknown name or tag and WeightsUnavailableError when the
-    weights are neither local nor downloadable.
+    `image_backend` is "torch" or "onnxruntime" (default: $CLIPSEARCH_IMAGE_BACKEND, else
+    torch); onnxruntime is optional and, when it is missing or fails its check, a warning
+    says so and torch encodes. Raises ModelError for an unknown name or tag and
+    WeightsUnavailableError when the weights are neither local nor downloadable.
     """
+    backend = (image_backend or os.environ.get(IMAGE_BACKEND_ENV, "") or "torch").strip().lower()
+    if backend not in IMAGE_BACKENDS:
+        raise ModelError(f"unknown image backend {backend!r}; choose one of {', '.join(IMAGE_BACKENDS)}")
     import open_clip
     import torch
 
@@ -319,4 +490,10 @@ def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TA
     finally:
         root_logger.removeFilter(_drop_open_clip_random_warning)
     log.info("loaded %s/%s on %s", name, pretrained, dev)
-    return ClipEncoder(clip, preprocess, tokenizer, name=name, pretrained=pretrained, device=dev)
+    encoder = ClipEncoder(clip, preprocess, tokenizer, name=name, pretrained=pretrained, device=dev)
+    if backend == "onnxruntime":
+        try:
+            encoder.use_onnxruntime()
+        except ModelError as exc:
+            log.warning("%s; encoding images with torch", exc)
+    return encoder

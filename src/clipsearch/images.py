@@ -2,7 +2,9 @@
 
 This module knows about files and pixels only, never about models: it enforces a format
 allow-list and size caps, applies EXIF orientation, normalises every colour mode to RGB
-and, when asked, decodes JPEGs at a reduced scale.
+and, when asked, decodes JPEGs at a reduced scale. `to_pixels` resizes and crops an image
+to a `PixelSpec` (a model's input geometry, described without torch) so that worker
+processes can prepare model input without importing torch.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import re
 import stat
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -27,8 +30,10 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MAX_ASPECT_RATIO",
     "SUPPORTED_EXTENSIONS",
+    "PixelSpec",
     "is_supported",
     "load_image",
+    "to_pixels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +129,53 @@ def load_image(
     stream_name = getattr(source, "name", None)
     label = name or (stream_name if isinstance(stream_name, str) else _UPLOAD_NAME)
     return _decode(_bounded_stream(source, label, max_bytes), label, target_size, max_pixels)
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """A model's input geometry: torchvision's `Resize(resize)` then `CenterCrop(crop)`, on PIL images.
+
+    `resize` is the short side (an int) or an exact (height, width); `crop` is (height,
+    width) or None; `resample` is a PIL resampling filter.
+    """
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None
+    resample: int = Image.Resampling.BICUBIC
+
+
+def to_pixels(image: Image.Image, spec: PixelSpec) -> np.ndarray:
+    """The (height, width, 3) uint8 array a model sees for an RGB `image`.
+
+    Pixel for pixel what torchvision's Resize + CenterCrop give on a PIL image (same
+    sizes, rounding and zero padding), so vectors match the model's own preprocessing.
+    """
+    import numpy as np
+
+    width, height = image.size
+    if isinstance(spec.resize, int):
+        # torchvision: the short side becomes `resize`, the long side is truncated, not rounded.
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = spec.resize, int(spec.resize * long / short)
+        size = (new_short, new_long) if width <= height else (new_long, new_short)
+    else:
+        size = (spec.resize[1], spec.resize[0])
+    if size != image.size:
+        image = image.resize(size, spec.resample)
+    if spec.crop is not None:
+        crop_h, crop_w = spec.crop
+        width, height = image.size
+        if crop_w > width or crop_h > height:
+            padded = Image.new(image.mode, (max(width, crop_w), max(height, crop_h)))
+            padded.paste(image, ((crop_w - width) // 2 if crop_w > width else 0,
+                                 (crop_h - height) // 2 if crop_h > height else 0))
+            image, (width, height) = padded, padded.size
+        top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+        if (left, top, crop_w, crop_h) != (0, 0, width, height):
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.array(image, dtype=np.uint8)
 
 
 def _check_file(path: str, label: str, max_bytes: int) -> None:

@@ -2,21 +2,33 @@
 
 Work is committed in chunks, so an interrupted run keeps what it finished and the next
 run resumes with only the files still missing. The indexer returns a report; it never prints.
+
+Decoding a camera JPEG costs about as much CPU as encoding it, so files are decoded in
+worker processes (no GIL, and a decoder crash costs one file, not the run), a bounded
+window ahead of the encoder, straight to the model's input pixels when the encoder can
+take them (`pixel_spec` / `encode_pixels`), else to PIL images for `encode_images`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
+import select
+import signal
+import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
 from clipsearch.catalog import Catalog, NewImage
 from clipsearch.errors import ClipSearchError, ImageLoadError, PhotoRootError
-from clipsearch.images import load_image
+from clipsearch.images import PixelSpec, load_image, to_pixels
 from clipsearch.index import VectorIndex
 from clipsearch.scan import FileRecord, scan
 
@@ -68,11 +80,50 @@ class IndexReport:
         return f"{self.root}: " + ", ".join(parts) + f" in {self.seconds:.1f}s"
 
 
+# Below this many files a sync decodes in threads: starting worker processes costs more.
+PROCESS_MIN_FILES = 16
+DECODER_DIED = "the decoder process died on this file (a crash, or out of memory)"
+# The smallest batch sent to the model early, rather than waiting for a full one: on CPU a
+# ViT encodes 16 images nearly as fast per image as 64.
+MIN_EARLY_BATCH = 16
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_decode_workers() -> int:
+    """Decode workers for this machine: half the cores plus one.
+
+    A camera JPEG decoded at 1/8 scale costs about half a ViT-B/32 forward pass of CPU.
+    The bounded window idles workers that run ahead, so the spare one costs nothing when
+    decoding keeps up and takes up the slack when it does not (measurements in
+    docs/performance.md, "Indexing throughput").
+    """
+    return _cores() // 2 + 1
+
+
+def default_encode_threads() -> int:
+    """Model threads while workers decode: the other half of the cores (at least one).
+
+    On 2 cores, one model thread next to the decoders beat two (which lose time at every
+    OpenMP barrier the decoder preempts) in every measured round.
+    """
+    return max(1, _cores() - _cores() // 2)
+
+
 @dataclass(frozen=True)
 class _Decoded:
+    """One file, decoded: model pixels (pixel path) or an image (PIL path), or why not."""
+
     record: FileRecord
-    image: "Image.Image | None"
-    error: str | None
+    image: "Image.Image | None" = None
+    pixels: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
+    error: str | None = None
 
 
 def _under_any(path: str, folders: Sequence[str]) -> bool:
@@ -88,14 +139,21 @@ class Indexer:
 
     def __init__(self, catalog: Catalog, index: VectorIndex, encoder: "Encoder", *,
                  save_index: Callable[[], None] | None = None, batch_size: int = 64, chunk_size: int = 256,
-                 decode_workers: int | None = None, save_every_s: float = 30.0) -> None:
+                 decode_workers: int | None = None, processes: bool | None = None,
+                 encode_threads: int | None = None, save_every_s: float = 30.0) -> None:
+        """`processes`: decode in worker processes (True), threads (False), or processes
+        once a sync has PROCESS_MIN_FILES files or more (None). `encode_threads`: the
+        model's threads during the sync, for encoders with `image_threads` (default
+        `default_encode_threads()`; 0 leaves them as they are)."""
         self.catalog = catalog
         self.index = index
         self.encoder = encoder
         self.save_index = save_index or (lambda: None)
         self.batch_size = batch_size
         self.chunk_size = chunk_size
-        self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+        self.decode_workers = decode_workers or default_decode_workers()
+        self.processes = processes
+        self.encode_threads = default_encode_threads() if encode_threads is None else encode_threads
         self.save_every_s = save_every_s
 
     def sync(self, root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = (), progress: bool = False,
@@ -158,38 +216,63 @@ class Indexer:
             return
         from tqdm import tqdm
 
+        spec = self._pixel_spec()
+        processes = self.processes if self.processes is not None else len(todo) >= PROCESS_MIN_FILES
+        stream = _DecodeStream(todo, getattr(self.encoder, "image_size", None), spec,
+                               workers=self.decode_workers, processes=processes,
+                               window=2 * self.batch_size + self.decode_workers)
         bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, leave=False)
         last_save = time.monotonic()
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode") as pool:
-            for decoded in self._decoded_chunks(todo, pool):
-                self._store_chunk(decoded, known, report)
-                bar.update(len(decoded))
+        threads = getattr(self.encoder, "image_threads", None)
+        with stream, (threads(self.encode_threads) if threads and self.encode_threads else contextlib.nullcontext()):
+            for start in range(0, len(todo), self.chunk_size):
+                count = min(self.chunk_size, len(todo) - start)
+                self._store_chunk(*self._encode_chunk(stream, count, spec), known, report)
+                bar.update(count)
                 if time.monotonic() - last_save > self.save_every_s:
                     self.save_index()
                     last_save = time.monotonic()
         bar.close()
 
-    def _decoded_chunks(self, todo: list[FileRecord], pool: Executor) -> Iterator[list[_Decoded]]:
-        # Decode chunk i+1 in the pool while chunk i is being encoded.
-        target = getattr(self.encoder, "image_size", None)
-        chunks = [todo[i:i + self.chunk_size] for i in range(0, len(todo), self.chunk_size)]
-        pending = [pool.submit(_decode, rec, target) for rec in chunks[0]] if chunks else []
-        for n in range(len(chunks)):
-            current = pending
-            pending = [pool.submit(_decode, rec, target) for rec in chunks[n + 1]] if n + 1 < len(chunks) else []
-            yield [f.result() for f in current]
+    def _pixel_spec(self) -> PixelSpec | None:
+        spec = getattr(self.encoder, "pixel_spec", None)
+        return spec if isinstance(spec, PixelSpec) and callable(getattr(self.encoder, "encode_pixels", None)) else None
 
-    def _store_chunk(self, decoded: list[_Decoded], known: dict, report: IndexReport) -> None:
-        good = [d for d in decoded if d.image is not None]
-        failures = [(d.record, d.error or "unknown error") for d in decoded if d.image is None]
-        vectors, encode_failures = self._encode(good)
+    def _encode_chunk(self, stream: "_DecodeStream", count: int, spec: PixelSpec | None
+                      ) -> tuple[list[_Decoded], list[_Decoded], np.ndarray, list[tuple[FileRecord, str]]]:
+        """Encode the next `count` files batch by batch as they arrive, so decoding overlaps encoding.
+
+        A batch goes to the model when full, or early (from MIN_EARLY_BATCH files) when the
+        next file is not decoded yet: the model starts seconds sooner and never idles while
+        a batch fills. Returns (every file, the encoded ones, their vectors, the failures).
+        """
+        decoded: list[_Decoded] = []
+        encoded: list[_Decoded] = []
+        vectors = [np.zeros((0, self.encoder.dim), np.float32)]
+        failures: list[tuple[FileRecord, str]] = []
+        batch: list[_Decoded] = []
+        early = min(MIN_EARLY_BATCH, self.batch_size)
+        for n in range(count):
+            d = next(stream)
+            decoded.append(d)
+            if d.error is None:
+                batch.append(d)
+            if batch and (len(batch) == self.batch_size or n == count - 1
+                          or (len(batch) >= early and not stream.next_ready())):
+                ok, vecs, failed = self._encode(batch, spec)
+                encoded.extend(ok)
+                vectors.append(vecs)
+                failures.extend(failed)
+                batch = []
+        return decoded, encoded, np.concatenate(vectors), failures
+
+    def _store_chunk(self, decoded: list[_Decoded], encoded: list[_Decoded], vectors: np.ndarray,
+                     encode_failures: list[tuple[FileRecord, str]], known: dict, report: IndexReport) -> None:
+        failures = [(d.record, d.error or "unknown error") for d in decoded if d.error is not None]
         failures.extend(encode_failures)
-        encoded = [d for d in good if d.record.path not in {r.path for r, _ in encode_failures}]
-
         replaced = [known[d.record.path].id for d in encoded if d.record.path in known]
         replaced += [known[r.path].id for r, _ in failures if r.path in known]
-        new_rows = [NewImage(d.record.path, d.record.size, d.record.mtime_ns, v,
-                             *d.image.info.get("original_size", (None, None)))
+        new_rows = [NewImage(d.record.path, d.record.size, d.record.mtime_ns, v, *(d.original_size or (None, None)))
                     for d, v in zip(encoded, vectors)]
         self._index_behind = True
         with self.catalog.transaction():
@@ -206,35 +289,172 @@ class Indexer:
                 report.added += 1
         report.skipped.extend(SkippedFile(r.path, reason) for r, reason in failures)
 
-    def _encode(self, good: list[_Decoded]) -> tuple[np.ndarray, list[tuple[FileRecord, str]]]:
-        dim = self.encoder.dim
-        if not good:
-            return np.zeros((0, dim), np.float32), []
+    def _encode(self, batch: list[_Decoded], spec: PixelSpec | None
+                ) -> tuple[list[_Decoded], np.ndarray, list[tuple[FileRecord, str]]]:
+        """(the files encoded, their vectors, the files that failed with why)."""
+        def encode(items: list[_Decoded]) -> np.ndarray:
+            if spec is not None:
+                return self.encoder.encode_pixels(np.stack([d.pixels for d in items]))
+            return self.encoder.encode_images([d.image for d in items], batch_size=self.batch_size)
+
         try:
-            return self.encoder.encode_images([d.image for d in good], batch_size=self.batch_size), []
+            return batch, encode(batch), []
         except ClipSearchError:
             raise
         except Exception:  # one odd image must not sink the batch: find it
             log.debug("batch encode failed; retrying one by one", exc_info=True)
-        vectors, failures = [], []
-        for d in good:
+        encoded, vectors, failures = [], [], []
+        for d in batch:
             try:
-                vectors.append(self.encoder.encode_images([d.image])[0])
+                vectors.append(encode([d])[0])
+                encoded.append(d)
             except Exception as exc:
                 failures.append((d.record, f"could not encode: {exc}"))
-        return (np.stack(vectors) if vectors else np.zeros((0, dim), np.float32)), failures
+        return encoded, (np.stack(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)), failures
 
 
-def _decode(record: FileRecord, target_size: int | None) -> _Decoded:
+class _DecodeStream:
+    """The decoded files of `todo`, in order, decoded by a pool a bounded window ahead of the reader.
+
+    The window bounds memory (at most `window` decoded files wait) and keeps the workers
+    busy while the reader encodes. Processes come from 'forkserver' (or 'spawn'), never
+    'fork': the parent holds torch's thread pool, which a forked child would inherit broken.
+    A worker that dies (a decoder crash, the OOM killer) costs the file it was on: the
+    files in flight are retried one at a time in a fresh pool to find it.
+    """
+
+    def __init__(self, todo: Sequence[FileRecord], target_size: int | None, spec: PixelSpec | None, *,
+                 workers: int, processes: bool, window: int,
+                 decode: Callable[[FileRecord, int | None, PixelSpec | None], _Decoded] | None = None) -> None:
+        self.todo = todo
+        self.args = (target_size, spec)
+        self.decode = decode or _decode  # a module-level function: workers unpickle it by name
+        self.workers = max(1, workers)
+        self.processes = processes
+        self.window = max(1, window)
+        self._pool: Executor | None = None
+        self._records = iter(todo)
+        self._pending: deque[tuple[FileRecord, Future]] = deque()
+        self._suspects: deque[FileRecord] = deque()
+
+    def __enter__(self) -> "_DecodeStream":
+        self._pool = self._new_pool()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _new_pool(self) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(os.getpid(),))
+
+    def _restart(self) -> None:
+        assert self._pool is not None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def _submit(self, record: FileRecord) -> Future:
+        assert self._pool is not None, "use _DecodeStream in a with block"
+        return self._pool.submit(self.decode, record, *self.args)
+
+    def __iter__(self) -> "_DecodeStream":
+        return self
+
+    def __next__(self) -> _Decoded:
+        if self._suspects:  # after a worker died: one at a time until past the files it had
+            return self._decode_alone(self._suspects.popleft())
+        self._top_up()
+        if not self._pending:
+            raise StopIteration
+        record, future = self._pending.popleft()
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            self._suspects.extend(r for r, _ in self._pending)
+            self._pending.clear()
+            log.warning("a decoder process died; retrying %d files one at a time to find the one it was on",
+                        len(self._suspects) + 1)
+            self._restart()
+            return self._decode_alone(record)
+        except Exception as exc:  # e.g. a result that could not be sent back
+            log.warning("unexpected error decoding %s", record.path, exc_info=True)
+            result = _Decoded(record, error=f"unexpected error: {exc}")
+        self._top_up()  # before handing over, so the workers keep going while the reader encodes
+        return result
+
+    def next_ready(self) -> bool:
+        """True when the next file is decoded already, so reading it will not wait."""
+        return not self._suspects and bool(self._pending) and self._pending[0][1].done()
+
+    def _top_up(self) -> None:
+        while not self._suspects and len(self._pending) < self.window:
+            record = next(self._records, None)
+            if record is None:
+                return
+            self._pending.append((record, self._submit(record)))
+
+    def _decode_alone(self, record: FileRecord) -> _Decoded:
+        try:
+            return self._submit(record).result()
+        except BrokenProcessPool:
+            log.warning("the decoder process died on %s", record.path)
+            self._restart()
+            return _Decoded(record, error=DECODER_DIED)
+
+
+def _worker_init(parent: int) -> None:
+    # Ctrl-C is the parent's to handle: it stops the pool; workers must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, the OOM killer) never stops the pool: the worker would
+    # wait on its queue forever and keep the forkserver and resource tracker alive with it.
+    threading.Thread(target=_exit_with, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Block until process `pid` ends, then end this process."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # before Linux 5.3, or not Linux; or already gone
+        while _alive(pid):
+            time.sleep(0.5)
+    else:
+        select.select([fd], [], [])  # a pidfd turns readable when its process ends
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _decode(record: FileRecord, target_size: int | None, spec: PixelSpec | None) -> _Decoded:
+    """Runs in a decode worker: the file as model pixels (when `spec` is given) or as an image."""
     try:
         image = load_image(record.path, target_size=target_size)
     except ImageLoadError as exc:
-        return _Decoded(record, None, exc.reason)
+        return _Decoded(record, error=exc.reason)
     except Exception as exc:  # a loader bug must cost one file, not the run
         log.warning("unexpected error decoding %s", record.path, exc_info=True)
-        return _Decoded(record, None, f"unexpected error: {exc}")
+        return _Decoded(record, error=f"unexpected error: {exc}")
+    original_size = image.info.get("original_size")
     read = image.info.get("file_stat")
     if read is not None and read != (record.size, record.mtime_ns):
         # Changed since the scan: the catalog must record the version decoded, not the one scanned.
         record = FileRecord(record.path, *read)
-    return _Decoded(record, image, None)
+    if spec is None:
+        return _Decoded(record, image=image, original_size=original_size)
+    try:
+        return _Decoded(record, pixels=to_pixels(image, spec), original_size=original_size)
+    except Exception as exc:  # as encode_images would have failed on it in the model's preprocess
+        return _Decoded(record, error=f"could not encode: {exc}")
