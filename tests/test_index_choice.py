@@ -358,3 +358,17 @@ def test_cli_rebuild_and_info_show_the_index_and_its_recall(tmp_path: Path, caps
     assert main(["info", "--library", str(tmp_path / "lib"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["index_kind"] == "ivfsq8" and 0 < info["index_recall"] <= 1
+
+
+def test_clipsearch_asks_openmp_to_sleep_not_spin_unless_told_otherwise() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = "import clipsearch.library, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["PASSIVE", "False"]  # set before torch or faiss load their OpenMP runtime
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == "ACTIVE"

@@ -47,6 +47,15 @@ from clipsearch.errors import IndexFileError
 
 log = logging.getLogger(__name__)
 
+# faiss and torch each bring their own OpenMP runtime, and by default an idle OpenMP
+# thread spins for a while before it sleeps. In one process that encodes a query (torch)
+# and then searches (faiss), each pool's spinning threads take the cores the other needs:
+# on 2 cores a ViT-B-32 text query took 720 ms at p50 instead of 80 ms
+# (docs/performance.md, "Query latency"). Sleeping waits cost microseconds per call.
+# Both runtimes read this when they load, which clipsearch does lazily, after this module;
+# a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Exact search up to here: above, a flat scan per query costs more than an ANN's recall loss is worth.
 FLAT_MAX_VECTORS = 50_000
 # Search parameters are tuned to the smallest that gives this recall@10 against exact search.
