@@ -263,8 +263,8 @@ class ClipEncoder:
     def image_threads(self, threads: int) -> Iterator[None]:
         """Encode images with `threads` CPU threads inside the block (torch's setting is process-wide).
 
-        The indexer uses it to leave cores to its decode workers. An onnxruntime session
-        keeps the thread count it was made with.
+        For the indexer's `encode_threads`. An onnxruntime session keeps the thread count
+        it was made with (`use_onnxruntime(threads=...)`).
         """
         import torch
 
@@ -300,8 +300,8 @@ class ClipEncoder:
         if not path.is_file():
             self._export_visual(path)
         options = onnxruntime.SessionOptions()
-        # Half the cores by default, as torch gets while indexing: the rest decode photos.
-        options.intra_op_num_threads = threads or max(1, (os.cpu_count() or 1) - (os.cpu_count() or 1) // 2)
+        if threads:
+            options.intra_op_num_threads = threads  # else onnxruntime's default: one per physical core
         try:
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own types for a bad or truncated file

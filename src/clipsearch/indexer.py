@@ -3,10 +3,11 @@
 Work is committed in chunks, so an interrupted run keeps what it finished and the next
 run resumes with only the files still missing. The indexer returns a report; it never prints.
 
-Decoding a camera JPEG costs about as much CPU as encoding it, so files are decoded in
-worker processes (no GIL, and a decoder crash costs one file, not the run), a bounded
-window ahead of the encoder, straight to the model's input pixels when the encoder can
-take them (`pixel_spec` / `encode_pixels`), else to PIL images for `encode_images`.
+Decoding a camera JPEG costs a third as much CPU as encoding it with ViT-B/32 even at
+1/8 scale (as much, at full size with the usual resize), so files are decoded in worker
+processes (a decoder crash costs one file, not the run), a bounded window ahead of the
+encoder, straight to the model's input pixels when the encoder can take them
+(`pixel_spec` / `encode_pixels`), else to PIL images for `encode_images`.
 """
 from __future__ import annotations
 
@@ -98,21 +99,13 @@ def _cores() -> int:
 def default_decode_workers() -> int:
     """Decode workers for this machine: half the cores plus one.
 
-    A camera JPEG decoded at 1/8 scale costs about half a ViT-B/32 forward pass of CPU.
-    The bounded window idles workers that run ahead, so the spare one costs nothing when
-    decoding keeps up and takes up the slack when it does not (measurements in
+    A camera JPEG decoded at 1/8 scale costs about a third of a ViT-B/32 forward pass of
+    CPU. The model keeps all its threads: decoding fills the gaps between its parallel
+    regions. The bounded window idles workers that run ahead, so the spare worker costs
+    nothing when decoding keeps up and takes up the slack when it does not (measured in
     docs/performance.md, "Indexing throughput").
     """
     return _cores() // 2 + 1
-
-
-def default_encode_threads() -> int:
-    """Model threads while workers decode: the other half of the cores (at least one).
-
-    On 2 cores, one model thread next to the decoders beat two (which lose time at every
-    OpenMP barrier the decoder preempts) in every measured round.
-    """
-    return max(1, _cores() - _cores() // 2)
 
 
 @dataclass(frozen=True)
@@ -143,8 +136,9 @@ class Indexer:
                  encode_threads: int | None = None, save_every_s: float = 30.0) -> None:
         """`processes`: decode in worker processes (True), threads (False), or processes
         once a sync has PROCESS_MIN_FILES files or more (None). `encode_threads`: the
-        model's threads during the sync, for encoders with `image_threads` (default
-        `default_encode_threads()`; 0 leaves them as they are)."""
+        model's CPU threads during the sync, for encoders with `image_threads` (None
+        leaves them as they are: on 2 cores all threads beat one by 1.5x when the machine
+        was quiet, and lost by up to 1.7x only while other jobs held the cores)."""
         self.catalog = catalog
         self.index = index
         self.encoder = encoder
@@ -153,7 +147,7 @@ class Indexer:
         self.chunk_size = chunk_size
         self.decode_workers = decode_workers or default_decode_workers()
         self.processes = processes
-        self.encode_threads = default_encode_threads() if encode_threads is None else encode_threads
+        self.encode_threads = encode_threads
         self.save_every_s = save_every_s
 
     def sync(self, root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = (), progress: bool = False,
