@@ -880,5 +880,4 @@ __all__ = [
     "ExactTopK", "atomic_write_bytes", "build_index", "choose_index", "exact_search", "format_size",
     "needs_rebuild", "nlist_for", "parse_size", "predict_bytes", "recall_at_k", "recall_queries",
     "remove_stale_temp_files",
-    "remove_stale_temp_files",
 ]
