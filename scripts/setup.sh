@@ -12,4 +12,4 @@ pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 ||
 # torch first, pinned to the builds this project is tested with (they install from local
 # wheels on our machines); then the package with its extras.
 pip install --quiet --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-pip install --quiet --disable-pip-version-check -e ".[ui,test,distributed]"
+pip install --quiet --disable-pip-version-check -e ".[ui,test,distributed,onnx]"

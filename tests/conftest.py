@@ -9,6 +9,9 @@ import pytest
 # Never touch the network from tests: weights come from caches or nowhere.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CLIPSEARCH_OFFLINE", "1")
+# Images encode with torch in tests (deterministic, and no ONNX export into ~/.cache);
+# tests/test_indexer_parallel.py tries the "auto" and onnxruntime backends explicitly.
+os.environ["CLIPSEARCH_IMAGE_BACKEND"] = "torch"
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeEncoder, write_colour_photos  # noqa: E402

@@ -201,3 +201,18 @@ def test_the_whole_sequence_on_a_random_toyworld_model(tmp_path: Path, capsys) -
     assert run(capsys, "rebuild-index", "-l", lib)[0] == 0
     code, _, err = run(capsys, "search", "red", "-l", lib, "--pretrained", "bundled")
     assert code == 1 and "toyworld/none" in err
+
+
+def test_index_passes_the_image_backend_to_the_model(tmp_path: Path, indexed: Path, capsys,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLIPSEARCH_IMAGE_BACKEND", "auto")
+    write_colour_photos(tmp_path / "more", ["red"])
+    code, _, _ = run(capsys, "-q", "index", tmp_path / "more", "-l", indexed, "--image-backend", "torch")
+    assert code == 0
+    import os
+
+    assert os.environ["CLIPSEARCH_IMAGE_BACKEND"] == "torch"  # what load_encoder reads
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", str(tmp_path / "more"), "-l", str(indexed), "--image-backend", "tpu"])
+    assert exit_info.value.code == 2
+    assert "--image-backend" in capsys.readouterr().err

@@ -186,3 +186,37 @@ def test_cached_url_weights_are_found_without_network(tmp_path: Path, monkeypatc
     weights = resolve_weights("ViT-B-32", "openai", cache_dir=str(tmp_path), allow_download=True)
     assert weights.path == str(tmp_path / "ViT-B-32.pt")
     assert weights.quick_gelu is True
+
+
+def _open_clip_text_vectors(encoder: ClipEncoder, texts: list[str]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        features = encoder.model.encode_text(encoder.tokenizer(texts))
+    return torch.nn.functional.normalize(features.float(), dim=-1).numpy()
+
+
+def test_text_encoding_stops_at_the_end_token_with_open_clips_vectors(tiny: ClipEncoder) -> None:
+    long_text = " ".join(["a very long caption"] * 20)  # longer than the context: truncated, ends at the last slot
+    texts = [*TEXTS, long_text, "dog", "ünïcödé café ☕", "a dog" * 3, "x"]
+    assert tiny._text_pool() == "argmax"
+    # Small batches, so that texts of different lengths meet in and across batches.
+    got = tiny.encode_texts(texts, batch_size=3)
+    np.testing.assert_allclose(got, _open_clip_text_vectors(tiny, texts), atol=2e-5)
+    # And it really computes fewer positions: the transformer sees the batch's longest text only.
+    seen: list[int] = []
+    hook = tiny.model.transformer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        tiny.encode_texts(["a dog", "a red car"])
+    finally:
+        hook.remove()
+    ends = tiny.tokenizer(["a dog", "a red car"]).argmax(dim=-1)
+    assert seen == [int(ends.max()) + 1] and seen[0] < tiny.tokenizer(["x"]).shape[1]
+
+
+def test_a_text_tower_that_cannot_stop_early_encodes_every_position(tiny_config: str) -> None:
+    encoder = load_encoder(tiny_config, None, device="cpu")
+    encoder.model.text_pool_type = "last"  # reads the last position: padding matters there
+    assert encoder._text_pool() is None
+    texts = ["a dog", "a red car at night", ""]
+    np.testing.assert_allclose(encoder.encode_texts(texts), _open_clip_text_vectors(encoder, texts), atol=1e-6)

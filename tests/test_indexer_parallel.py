@@ -225,3 +225,65 @@ def test_an_unavailable_onnxruntime_falls_back_to_torch_with_a_warning(
     assert "pip install 'clipsearch[onnx]'" in caplog.text
     with pytest.raises(ModelError, match="unknown image backend 'tpu'"):
         load_encoder(tiny_config_path, None, device="cpu", image_backend="tpu")
+
+
+def test_the_auto_backend_moves_a_big_cpu_job_to_onnxruntime(
+        tiny_config_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import clipsearch.encoder
+
+    monkeypatch.setattr(clipsearch.encoder, "AUTO_ONNX_MIN_IMAGES", 6)
+    monkeypatch.setenv("CLIPSEARCH_ONNX_CACHE", str(tmp_path / "onnx"))
+    monkeypatch.delenv("CLIPSEARCH_IMAGE_BACKEND")
+    names = ["red", "green", "blue", "yellow", "purple", "orange", "white"]
+    write_colour_photos(tmp_path / "small", names[:5])
+    write_colour_photos(tmp_path / "big", names)
+    reference = load_encoder(tiny_config_path, None, device="cpu", image_backend="torch")
+
+    # Under the threshold: torch, nothing exported.
+    encoder = load_encoder(tiny_config_path, None, device="cpu")
+    assert encoder.image_backend_choice == "auto" and encoder.image_backend == "torch"
+    with Library.open(tmp_path / "lib-small", encoder=encoder) as lib:
+        assert lib.index(tmp_path / "small").added == 5
+    assert encoder.image_backend == "torch" and not (tmp_path / "onnx").exists()
+
+    # At the threshold: onnxruntime, with the vectors torch gives.
+    with Library.open(tmp_path / "lib-big", encoder=encoder) as lib:
+        assert lib.index(tmp_path / "big").added == 7
+        assert encoder.image_backend == "onnxruntime"
+        assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+        for path in (tmp_path / "big").iterdir():
+            row = lib.catalog.find_path(str(path))
+            stored = lib.catalog.vectors_for([row.id], lib.dim)[row.id]
+            expected = reference.encode_images([load_image(path)])[0]
+            assert float(stored @ expected) >= 0.999, path.name
+
+
+def test_the_auto_backend_stays_on_torch_quietly_without_onnxruntime(
+        tiny_config_path: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    encoder = load_encoder(tiny_config_path, None, device="cpu", image_backend="auto")
+    encoder.prepare_bulk_encoding(100_000)
+    assert encoder.image_backend == "torch"
+    assert "onnxruntime" not in caplog.text
+    # Asked for by name, torch is never left.
+    pinned = load_encoder(tiny_config_path, None, device="cpu", image_backend="torch")
+    pinned.prepare_bulk_encoding(100_000)
+    assert pinned.image_backend == "torch"
+
+
+def test_ray_workers_get_the_named_image_backend_with_their_own_threads(
+        tiny_config_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from clipsearch.distributed import EncoderSpec
+
+    monkeypatch.setenv("CLIPSEARCH_ONNX_CACHE", str(tmp_path / "onnx"))
+    monkeypatch.setenv("CLIPSEARCH_IMAGE_BACKEND", "auto")
+    named = EncoderSpec(tiny_config_path, None, "cpu", image_backend="onnxruntime").build(threads=1)
+    assert named.image_backend == "onnxruntime"
+    assert named._onnx_session.get_session_options().intra_op_num_threads == 1
+    # "auto" (or nothing) in a worker is torch: one actor per slot, no pool per core in each.
+    assert EncoderSpec(tiny_config_path, None, "cpu", image_backend="auto").build(threads=1).image_backend == "torch"
+    assert EncoderSpec(tiny_config_path, None, "cpu").build().image_backend == "torch"

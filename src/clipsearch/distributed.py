@@ -45,7 +45,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -98,13 +98,24 @@ class EncoderSpec:
     pretrained: str | None = None
     device: str | None = None
     factory: Callable[[], "Encoder"] | None = None
+    # "onnxruntime" puts each worker's image tower on onnxruntime with the worker's own
+    # CPUs as threads; anything else is torch (one actor per worker slot: "auto"'s one
+    # pool per core in every actor would oversubscribe the node).
+    image_backend: str | None = None
 
-    def build(self) -> "Encoder":
+    def build(self, threads: int | None = None) -> "Encoder":
         if self.factory is not None:
             return self.factory()
         from clipsearch.encoder import load_encoder
 
-        return load_encoder(self.model, self.pretrained, device=self.device, allow_download=False)
+        encoder = load_encoder(self.model, self.pretrained, device=self.device, allow_download=False,
+                               image_backend="torch")
+        if self.image_backend == "onnxruntime":
+            try:
+                encoder.use_onnxruntime(threads=threads)
+            except ClipSearchError as exc:
+                log.warning("%s; encoding images with torch", exc)
+        return encoder
 
 
 @dataclass(frozen=True)
@@ -267,7 +278,7 @@ class _Embedder:
     """
 
     def __init__(self, encoder_spec: EncoderSpec, batch_size: int, threads: int) -> None:
-        self.encoder = encoder_spec.build()
+        self.encoder = encoder_spec.build(threads=max(1, threads))
         self.batch_size = batch_size
         if "torch" in sys.modules:  # one actor per worker slot: no more threads than its CPUs
             import torch
@@ -581,7 +592,7 @@ def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: 
 
     workers, cpus, gpus = _worker_resources(ray, options)
     if gpus and encoder.factory is None and encoder.device is None:
-        encoder = EncoderSpec(encoder.model, encoder.pretrained, "cuda", None)
+        encoder = replace(encoder, device="cuda")
     items = [{"path": r.path, "size": r.size, "mtime_ns": r.mtime_ns} for r in todo]
     blocks = max(1, min(len(items), math.ceil(len(items) / options.batch_size)))
     ctx = ray.data.DataContext.get_current()

@@ -210,6 +210,9 @@ class Indexer:
             return
         from tqdm import tqdm
 
+        prepare = getattr(self.encoder, "prepare_bulk_encoding", None)
+        if prepare is not None:
+            prepare(len(todo))  # e.g. move a CPU encoder to onnxruntime for a big job
         spec = self._pixel_spec()
         processes = self.processes if self.processes is not None else len(todo) >= PROCESS_MIN_FILES
         stream = _DecodeStream(todo, getattr(self.encoder, "image_size", None), spec,

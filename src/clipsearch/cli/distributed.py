@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def add_ray_args(p: argparse.ArgumentParser, *, embedding: bool = True) -> None:
@@ -35,11 +36,13 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
     """`clipsearch index PHOTOS --ray`: prints what `clipsearch index` prints."""
     from clipsearch.cli.core import _index_line, open_library
     from clipsearch.distributed import EncoderSpec, index_on_ray
+    from clipsearch.encoder import IMAGE_BACKEND_ENV
 
     options = _options(args)
     with open_library(args, create=True) as lib:
         before = lib.vector_index
-        encoder = EncoderSpec(lib.model, lib.pretrained, getattr(args, "device", None))
+        encoder = EncoderSpec(lib.model, lib.pretrained, getattr(args, "device", None),
+                              image_backend=os.environ.get(IMAGE_BACKEND_ENV))
         reports = []
         for root in args.photos:
             report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet,
