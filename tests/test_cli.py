@@ -96,6 +96,9 @@ def test_search_similar_describe_texts_info_rebuild(tmp_path: Path, indexed: Pat
     assert out.splitlines() == ["a red photo", "a blue photo", "a green photo", "the sky"]
     texts = run_json(capsys, "describe", colour_photos["green"], "-l", indexed, "-k", 2)
     assert texts[0]["text"] == "a green photo" and len(texts) == 2
+    green_id = run_json(capsys, "search", "green", "-l", indexed, "-k", 1)[0]["id"]
+    by_id = run_json(capsys, "describe", f"#{green_id}", "-l", indexed, "-k", 1)
+    assert by_id[0]["text"] == "a green photo"
     code, out, _ = run(capsys, "texts", "remove", "the sky", "nothing", "-l", indexed)
     assert out.startswith("1 texts removed")
 

@@ -131,9 +131,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_arg(text: str) -> Any:
+    """'#42' is indexed image 42; anything else a file path."""
+    return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else text
+
+
 def _cmd_similar(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        image: Any = int(args.image[1:]) if args.image.startswith("#") and args.image[1:].isdigit() else args.image
+        image = _image_arg(args.image)
         hits = lib.search_image(image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder)
         _print_hits(hits, args.json)
     return 0
@@ -141,7 +146,7 @@ def _cmd_similar(args: argparse.Namespace) -> int:
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        _print_hits(lib.describe(args.image, k=args.k), args.json)
+        _print_hits(lib.describe(_image_arg(args.image), k=args.k), args.json)
     return 0
 
 
@@ -257,7 +262,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_similar)
 
     p = sub.add_parser("describe", help="image → text over the library's text collection")
-    p.add_argument("image", help="an image file")
+    p.add_argument("image", help="an image file, or #ID of an indexed image")
     add_library_args(p)
     p.add_argument("-k", type=int, default=5, help="number of texts (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON")
