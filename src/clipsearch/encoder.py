@@ -293,7 +293,7 @@ class ClipEncoder:
         With the "auto" image backend, on the CPU, for `AUTO_ONNX_MIN_IMAGES` images or
         more, and when onnxruntime and onnx are installed, images are encoded with
         onnxruntime from now on (2x torch on 2 cores, same vectors: see use_onnxruntime).
-        If the export or the check fails, the reason is logged and torch carries on.
+        If the export or the check fails, a warning says why and torch carries on.
         """
         if (self.image_backend_choice != "auto" or self._onnx_session is not None or self._auto_tried
                 or self.device != "cpu" or count < AUTO_ONNX_MIN_IMAGES):
@@ -304,7 +304,7 @@ class ClipEncoder:
         try:
             self.use_onnxruntime()
         except ModelError as exc:
-            log.info("%s; encoding images with torch", exc)
+            log.warning("%s; encoding images with torch (--image-backend torch says so at once)", exc)
 
     def use_onnxruntime(self, cache_dir: str | os.PathLike | None = None, *, threads: int | None = None) -> Path:
         """Encode images with ONNX Runtime from now on; returns the exported model's path.
@@ -482,7 +482,10 @@ class ClipEncoder:
         tokens = tokens[:, :length]
         cast_dtype = model.transformer.get_cast_dtype()
         x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+        batch_first = getattr(model.transformer, "batch_first", True)  # open_clip before 2.26: sequence first
+        x = x if batch_first else x.permute(1, 0, 2)
         x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = x if batch_first else x.permute(1, 0, 2)
         x = text_global_pool(model.ln_final(x), tokens, "argmax")
         projection = model.text_projection
         if projection is None:
