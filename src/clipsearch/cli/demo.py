@@ -24,8 +24,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             return 0
         from clipsearch_ui import serve
 
-        print(f"serving the web UI on http://{args.host}:{args.port or 7860} (Ctrl-C to stop)")
-        serve(lib, host=args.host, port=args.port, open_browser=not args.no_browser)
+        def ready(url: str) -> None:  # the port Gradio took: 7860, or the next free one
+            print(f"serving the web UI on {url}  (Ctrl-C to stop)", flush=True)
+
+        serve(lib, host=args.host, port=args.port, open_browser=not args.no_browser, on_ready=ready)
     return 0
 
 
