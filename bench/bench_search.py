@@ -67,11 +67,15 @@ def blocks(x: np.ndarray, size: int = 100_000):
         yield np.arange(start, min(len(x), start + size), dtype=np.int64), x[start:start + size]
 
 
-def build(spec: IndexSpec, x: np.ndarray, train: np.ndarray, held_out: np.ndarray) -> tuple[VectorIndex, float, int]:
+def build(spec: IndexSpec, x: np.ndarray, train: np.ndarray, held_out: np.ndarray, rerank: bool = False
+          ) -> tuple[VectorIndex, float, int]:
     import faiss
 
     t = time.perf_counter()
-    index = build_index(spec, x.shape[1], blocks(x), train=train if spec.needs_training else None, queries=held_out)
+    # With rerank, exact vectors come from memory here (a library reads them from its catalog).
+    source = (lambda ids: (ids, x[ids])) if rerank else None
+    index = build_index(spec, x.shape[1], blocks(x), train=train if spec.needs_training else None, queries=held_out,
+                        exact_vectors=source)
     seconds = time.perf_counter() - t
     nbytes = int(faiss.serialize_index(index.faiss_index).size)
     return index, seconds, nbytes
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="memory budget whose auto pick is checked (default 600MB)")
     p.add_argument("--threads", type=int, default=0, help="faiss threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--rerank", action="store_true",
+                   help="re-rank lossy codes (RERANK_DEPTH kinds) with exact vectors held in memory, as a library "
+                        "does with its catalog's")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
@@ -146,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         spec = choose_index(n, dim, kind)
         specs[kind] = spec
-        index, seconds, nbytes = build(spec, x, train, held_out)
+        index, seconds, nbytes = build(spec, x, train, held_out, rerank=args.rerank)
         row = measure(index, queries, true_ids)
         results[kind] = {"spec": index.meta.factory, "build_s": seconds, "bytes": nbytes,
                          "predicted_bytes": predict_bytes(spec, n, dim),
-                         "param": f"nprobe={index.meta.nprobe}" if index.meta.nprobe else f"efSearch={index.meta.ef_search}",
+                         "param": (f"nprobe={index.meta.nprobe}" if index.meta.nprobe else f"efSearch={index.meta.ef_search}")
+                                  + (f"+rr{index.rerank_depth(10)}" if index.rerank_depth(10) else ""),
                          "stored_recall": index.meta.recall_at_10, **row}
         sweeps[kind] = sweep(index, queries, true_ids)
         print(f"  {kind:10s} built in {seconds:6.1f}s  recall {row['recall']:.3f}  (peak RSS {peak_rss_gb():.1f} GB)",

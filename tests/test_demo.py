@@ -72,6 +72,9 @@ def test_demo_prints_the_address_it_really_serves_on(tmp_path: Path, capsys: pyt
         return app
 
     monkeypatch.setattr(clipsearch_ui, "serve", serve_and_stop)
+    # serve() points Gradio's process-wide temp folder into the library unless one is set:
+    # set one, so that it is unset again afterwards for the other UI tests.
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
     assert main(["demo", "--n", "6", "--workers", "1", "--data", str(tmp_path / "d"),
                  "--port", str(port), "--no-browser"]) == 0
     assert served and f":{port}" in served[0]

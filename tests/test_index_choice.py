@@ -372,3 +372,62 @@ def test_clipsearch_asks_openmp_to_sleep_not_spin_unless_told_otherwise() -> Non
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True).stdout
     assert out.split()[0] == "ACTIVE"
+
+
+def _memory_source(ids: np.ndarray, vectors: np.ndarray, missing: frozenset[int] = frozenset()):
+    """An exact-vector source over arrays (the library's is its catalog); `missing` ids are not found."""
+    position = {int(i): p for p, i in enumerate(ids)}
+
+    def fetch(wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        got = np.array([int(i) for i in wanted if int(i) in position and int(i) not in missing], np.int64)
+        return got[::-1], vectors[[position[int(i)] for i in got[::-1]]]  # any order will do
+    return fetch
+
+
+@pytest.mark.parametrize("kind", ["ivfpq", "pca-ivfpq", "ivfsq4"])
+def test_lossy_codes_are_reranked_with_exact_vectors(kind: str, clustered, built) -> None:
+    ids, vectors, queries = clustered
+    index = VectorIndex.load(built[kind])
+    _, expected = exact_search(vectors, ids, queries, 10)
+    alone = recall_at_k(index.search(queries, 10)[1], expected, 10)
+    assert index.rerank_depth(10) == 0  # no source, no re-ranking
+    index.exact_vectors = _memory_source(ids, vectors)
+    assert index.rerank_depth(10) == index_module.RERANK_DEPTH[kind] and index.rerank_depth(25) == 3 * index.rerank_depth(10)
+    scores, found = index.search(queries, 10)
+    reranked = recall_at_k(found, expected, 10)
+    assert reranked >= max(0.85, alone + 0.05), (alone, reranked)
+    # Scores are exact inner products, best first, and every id is a real one.
+    by_id = dict(zip(ids.tolist(), vectors))
+    q = 7
+    np.testing.assert_allclose(scores[q], [by_id[int(i)] @ queries[q] for i in found[q]], rtol=1e-5)
+    assert (np.diff(scores, axis=1) <= 1e-7).all()
+    # Filters still hold, and a candidate the source lacks (a stale entry) is dropped.
+    allowed = ids[:5000]
+    assert np.isin(index.search(queries[:20], 10, allowed_ids=allowed)[1], allowed).all()
+    stale = frozenset(found[:, 0].tolist())
+    index.exact_vectors = _memory_source(ids, vectors, missing=stale)
+    again = index.search(queries, 10)[1]
+    assert not np.isin(again, list(stale)).any()
+    assert "re-ranked exactly" in index.describe()
+
+
+def test_a_library_reranks_its_pq_index_with_the_catalog_and_stores_that_recall(tmp_path: Path) -> None:
+    lib = _synthetic_library(tmp_path, 3000)
+    lib.rebuild_index(index_kind="ivfpq")
+    index = lib.vector_index
+    assert index.rerank_depth(10) == index_module.RERANK_DEPTH["ivfpq"]
+    ids, vectors = lib.vectors()
+    queries = _clustered(100, lib.dim, seed=6)[2]
+    _, expected = exact_search(vectors, ids, queries, 10)
+    found = np.array([[h.id for h in lib.search_vector(q, 10)] for q in queries])
+    with_catalog = recall_at_k(found, expected, 10)
+    index.exact_vectors = None
+    alone = recall_at_k(index.search(queries, 10)[1], expected, 10)
+    assert with_catalog >= max(0.85, alone + 0.05), (alone, with_catalog)
+    # The recall measured at build was of the re-ranked search.
+    assert abs(lib.info().index_recall - with_catalog) < 0.12
+    lib.close()
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as again:  # reopened: the catalog is the source again
+        assert again.vector_index.rerank_depth(10) == index_module.RERANK_DEPTH["ivfpq"]
+        hits = again.search_vector(queries[0], 10)
+        assert [h.id for h in hits][:3] == found[0][:3].tolist()

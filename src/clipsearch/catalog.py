@@ -295,6 +295,13 @@ class Catalog:
         vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
         return ids, vecs
 
+    def vectors_of(self, ids: Sequence[int] | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the given image ids that have vectors (all when None), by id."""
+        blocks = list(self.iter_vectors(dim, ids=ids))
+        if not blocks:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
     def vectors_for(self, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
         out: dict[int, np.ndarray] = {}
         for block_ids, vecs in self.iter_vectors(dim, ids=ids):

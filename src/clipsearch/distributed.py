@@ -677,7 +677,7 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
         RECALL_K, RECALL_QUERIES, TARGET_RECALL, TRAIN_MAX, IndexMeta, VectorIndex, _spec_fields, _tune,
         recall_queries,
     )
-    from clipsearch.library import _build_from_catalog
+    from clipsearch.library import _build_from_catalog, exact_vectors_from
 
     options = options or RayOptions()
     if ray is None:
@@ -756,6 +756,7 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
                      extra={"layout": "ondisk", "ivfdata": ivfdata.name, "built_on": "ray",
                             "parts": len(part_files)})
     index = VectorIndex(merged, meta)
+    index.exact_vectors = exact_vectors_from(lib.catalog, dim)  # lossy codes are tuned as they will search
     _tune(index, queries, true_ids, TARGET_RECALL, RECALL_K)
     meta.build_seconds = round(time.monotonic() - started, 3)
     log.info("built %s over %d vectors on Ray in %d parts in %.1fs, recall@%d %s", index.describe(), index.ntotal,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -80,6 +81,7 @@ class Library:
         self.folder = folder
         self.catalog = catalog
         self.vector_index = index
+        index.exact_vectors = exact_vectors_from(catalog, index.dim)
         self.model = model
         self.pretrained = pretrained
         self.device = device
@@ -253,6 +255,7 @@ class Library:
             self._install_index(_build_from_catalog(self.catalog, self.dim, wanted))
 
     def _install_index(self, index: VectorIndex) -> None:
+        index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
         self.vector_index = index
         self.searcher.index = index
         self.save_index()
@@ -321,10 +324,7 @@ class Library:
 
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, vectors) of indexed images, all or the given ids."""
-        blocks = list(self.catalog.iter_vectors(self.dim, ids=ids))
-        if not blocks:
-            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+        return self.catalog.vectors_of(ids, self.dim)
 
     def image_ids(self) -> np.ndarray:
         """Ids of every indexed image, ascending."""
@@ -426,7 +426,13 @@ def _build_from_catalog(catalog: Catalog, dim: int, spec: IndexSpec | None = Non
             take = rng.choice(len(text_vecs), min(len(text_vecs), RECALL_QUERIES // 5), replace=False)
             queries[: len(take)] = text_vecs[take]
             queries = queries[rng.permutation(len(queries))]  # texts in both the tuning and the measuring half
-    return build_index(spec, dim, catalog.iter_vectors(dim), train=train, queries=queries)
+    return build_index(spec, dim, catalog.iter_vectors(dim), train=train, queries=queries,
+                       exact_vectors=exact_vectors_from(catalog, dim))
+
+
+def exact_vectors_from(catalog: Catalog, dim: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The catalog as the index's source of exact vectors, for re-ranking lossy codes."""
+    return functools.partial(catalog.vectors_of, dim=dim)
 
 
 def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorIndex:
