@@ -76,7 +76,7 @@ def encode_all_positions(encoder, text: str) -> np.ndarray:
     return torch.nn.functional.normalize(x.float(), dim=-1).numpy()[0]
 
 
-def build_library(folder: Path, encoder, size: int) -> tuple[object, float, float]:
+def build_library(folder: Path, encoder, size: int, kind: str = "auto") -> tuple[object, float, float]:
     from clipsearch.catalog import NewImage
     from clipsearch.library import Library
 
@@ -88,11 +88,12 @@ def build_library(folder: Path, encoder, size: int) -> tuple[object, float, floa
                                 for i in range(start, min(size, start + 20_000))])
     fill_s = time.perf_counter() - t
     t = time.perf_counter()
-    lib.rebuild_index()  # auto
+    lib.rebuild_index(index_kind=kind)
     return lib, fill_s, time.perf_counter() - t
 
 
-def bench_model(name: str, size: int, n_queries: int, repeats: int, workdir: Path) -> dict[str, object]:
+def bench_model(name: str, size: int, n_queries: int, repeats: int, workdir: Path, kind: str = "auto"
+                ) -> dict[str, object]:
     from clipsearch.encoder import BUNDLED_MODEL, bundled_weights_path, load_encoder
 
     if name == BUNDLED_MODEL and bundled_weights_path().is_file():
@@ -102,7 +103,7 @@ def bench_model(name: str, size: int, n_queries: int, repeats: int, workdir: Pat
     t = time.perf_counter()
     encoder = load_encoder(name, pretrained, device="cpu")
     load_s = time.perf_counter() - t
-    lib, fill_s, index_s = build_library(workdir / name, encoder, size)
+    lib, fill_s, index_s = build_library(workdir / name, encoder, size, kind)
     print(f"{name} ({weights}, {encoder.dim}-d): model loaded in {load_s:.1f}s; {size} vectors written to the "
           f"catalog in {fill_s:.1f}s; index {lib.vector_index.describe()} built in {index_s:.1f}s, "
           f"recall@10 {lib.info().index_recall}", flush=True)
@@ -160,6 +161,8 @@ def bench_model(name: str, size: int, n_queries: int, repeats: int, workdir: Pat
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=100_000, help="images in the library (default 100000)")
+    p.add_argument("--index", default="auto",
+                   help="the library's index kind (default auto); the 'auto' rows are then that index")
     p.add_argument("--models", default="ViT-B-32,toyworld", help="comma-separated (default ViT-B-32,toyworld)")
     p.add_argument("--queries", type=int, default=200, help="distinct queries per measurement (default 200)")
     p.add_argument("--repeats", type=int, default=2, help="passes over the same queries for the cached numbers")
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="clipsearch-latency-") as tmp:
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            results.append(bench_model(name, args.size, args.queries, args.repeats, Path(tmp)))
+            results.append(bench_model(name, args.size, args.queries, args.repeats, Path(tmp), args.index))
     print()
     print(f"{'model':10s} {'measurement':24s} {'n':>5s} {'p50 ms':>8s} {'p95 ms':>8s}")
     for r in results:

@@ -37,7 +37,7 @@ from clipsearch.index import (  # noqa: E402
     predict_bytes, recall_at_k, recall_queries,
 )
 
-# The lower rungs of the memory ladder (ivfsq6, ivfsq4) on request: --kinds ivfsq6,ivfsq4
+# The memory ladder's lower rung ivfsq4, and ivfsq6 (by name only), on request: --kinds ivfsq4,ivfsq6
 DEFAULT_KINDS = ("flat", "hnsw", "ivf", "ivfsq8", "ivfpq", "pca-ivfpq")
 
 

@@ -366,7 +366,10 @@ class Library:
         else:
             recall, note = meta.recall_at_10, (f"vs exact search, {meta.recall_queries} held-out queries, "
                                                f"measured at build over {meta.recall_vectors} vectors")
-        params = {k: v for k, v in (("nprobe", meta.nprobe), ("efSearch", meta.ef_search)) if v}
+        params = {k: v for k, v in (("nprobe", meta.nprobe), ("efSearch", meta.ef_search),
+                                    ("rerank", self.vector_index.rerank_depth(10))) if v}
+        if params.get("rerank") and recall is not None:
+            note += f", top {params['rerank']} candidates re-ranked with the stored vectors"
         return LibraryInfo(
             folder=str(self.folder), model=self.model, pretrained=self.pretrained, dim=self.dim,
             images=self.catalog.count("ok"), failed=self.catalog.count("error"), texts=self.catalog.text_count(),
