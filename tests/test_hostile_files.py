@@ -348,3 +348,62 @@ def test_a_photo_root_that_is_gone_or_empty_removes_nothing(library: Library, tm
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
         assert lib.catalog.count() == before
         _consistent(lib)
+
+
+def _pretend_mounted(monkeypatch: pytest.MonkeyPatch, *folders: Path) -> None:
+    """As if a drive were mounted at each of `folders` (no mounting in tests): scan sees another device there."""
+    mounted = {str(f) for f in folders}
+    monkeypatch.setattr(clipsearch.scan, "_is_mount_point", lambda path, device, parent: path in mounted)
+
+
+def test_a_drive_mounted_inside_the_root_and_then_unmounted_removes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = tmp_path / "photos"
+    write_colour_photos(photos, ["red", "green"])
+    drive = photos / "usb-drive"
+    on_drive = write_colour_photos(drive, ["blue", "yellow", "purple"])
+    _pretend_mounted(monkeypatch, drive)
+    lib = Library.open(tmp_path / "lib", encoder=FakeEncoder())
+    assert lib.index(photos).added == 5
+    # Unplugged: the mount point is an empty folder on the root's own drive.
+    shutil.rmtree(drive)
+    drive.mkdir()
+    _pretend_mounted(monkeypatch)
+    for _ in range(2):  # and it stays protected run after run, until it is back
+        report = lib.index(photos)
+        assert report.removed == 0 and lib.catalog.count() == 5 and lib.vector_index.ntotal == 5
+        [skipped] = [s for s in report.skipped if s.path == str(drive)]
+        assert "not mounted" in skipped.reason and "3 indexed photos were kept" in skipped.reason
+        assert "--allow-empty" in skipped.reason
+    assert lib.search("blue", k=1)[0].path == on_drive["blue"]
+    # Back, with one photo deleted meanwhile: that one goes, the others are unchanged.
+    write_colour_photos(drive, ["blue", "yellow"])
+    for name in ("blue", "yellow"):  # the same files as before
+        os.utime(drive / f"{name}.jpg", ns=(lib.catalog.find_path(on_drive[name]).mtime_ns,) * 2)
+    _pretend_mounted(monkeypatch, drive)
+    report = lib.index(photos)
+    assert (report.removed, report.added, report.skipped) == (1, 0, [])
+    # Unplugged for good: --allow-empty removes its photos.
+    shutil.rmtree(drive)
+    _pretend_mounted(monkeypatch)
+    assert lib.index(photos).removed == 0
+    report = lib.index(photos, allow_empty=True)
+    assert report.removed == 2 and lib.catalog.count() == 2 and report.skipped == []
+    assert lib.index(photos).skipped == []  # forgotten: nothing more to protect
+    _consistent(lib)
+    lib.close()
+
+
+def test_a_mounted_drive_whose_photos_were_deleted_is_synced_as_usual(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    photos = tmp_path / "photos"
+    write_colour_photos(photos, ["red"])
+    drive = photos / "nas"
+    write_colour_photos(drive, ["blue", "green"])
+    _pretend_mounted(monkeypatch, drive)
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.index(photos).added == 3
+        for f in drive.iterdir():
+            f.unlink()
+        report = lib.index(photos)  # still mounted, really emptied
+        assert report.removed == 2 and report.skipped == []

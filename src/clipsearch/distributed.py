@@ -45,17 +45,17 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from clipsearch.catalog import NewImage
-from clipsearch.errors import ClipSearchError, ImageLoadError, PhotoRootError
+from clipsearch.errors import ClipSearchError, ImageLoadError
 from clipsearch.images import PixelSpec, load_image, to_pixels
-from clipsearch.indexer import IndexReport, SkippedFile
-from clipsearch.scan import FileRecord, scan
+from clipsearch.indexer import IndexReport, SkippedFile, SyncPlan, plan_sync
+from clipsearch.scan import FileRecord
 
 if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
@@ -361,47 +361,6 @@ class _Embedder:
 
 
 # -- the run --------------------------------------------------------------------------------
-@dataclass
-class _Plan:
-    """What a run must do: files gone, files to index (and which leftover shard already holds each)."""
-
-    report: IndexReport
-    gone: list[Any] = field(default_factory=list)               # catalog rows
-    todo: list[FileRecord] = field(default_factory=list)
-    known: dict[str, Any] = field(default_factory=dict)         # path -> catalog row under root
-
-
-def _under_any(path: str, folders: Sequence[str]) -> bool:
-    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
-
-
-def _plan(lib: "Library", root: str, exclude: Iterable[str | os.PathLike], allow_empty: bool) -> _Plan:
-    """Scan `root` and diff it against the catalog, as `Indexer.sync` does."""
-    report = IndexReport(root=root)
-    found = scan(root, exclude=exclude)
-    report.scanned = len(found.files)
-    report.skipped.extend(SkippedFile(p, r) for p, r in found.errors)
-    known = lib.catalog.images_under(root)
-    indexed = sum(row.status == "ok" for row in known.values())
-    if not found.files and indexed and not allow_empty:
-        raise PhotoRootError(
-            f"{root} has no photos now but {indexed} are indexed from it; is the drive unmounted? "
-            "Nothing was removed. Pass --allow-empty to remove them from the library")
-    on_disk = {f.path for f in found.files}
-    unreadable = [p for p, _ in found.errors]  # a folder we could not read is not a folder whose photos were deleted
-    plan = _Plan(report, known=known)
-    plan.gone = [row for path, row in known.items() if path not in on_disk and not _under_any(path, unreadable)]
-    for rec in found.files:
-        row = known.get(rec.path)
-        if row is None or row.size != rec.size or row.mtime_ns != rec.mtime_ns:
-            plan.todo.append(rec)
-        elif row.status == "error":
-            report.previously_failed += 1
-        else:
-            report.unchanged += 1
-    return plan
-
-
 def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpec | None = None,
                  options: RayOptions | None = None, exclude: Iterable[str | os.PathLike] = (),
                  allow_empty: bool = False, progress: bool = False, index_kind: str | None = None,
@@ -418,7 +377,7 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     with lib._write_lock(), ray_session(options) as ray:
         lib._set_index_choice(index_kind, max_memory)
-        plan = _plan(lib, root, [lib.folder, *exclude], allow_empty)
+        plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
         report = plan.report
         # The index this run ends with, judged before it starts: when it is to be built on
         # Ray anyway, the current one is not updated file by file on the way.
@@ -480,7 +439,7 @@ def _needs_ray_build(lib: "Library", n: int) -> bool:
     return wanted.needs_training and n > 0 and (needs_rebuild(current.spec, wanted) or is_on_disk(current))
 
 
-def _embed_and_ingest(lib: "Library", ray: Any, plan: _Plan, encoder: EncoderSpec, options: RayOptions,
+def _embed_and_ingest(lib: "Library", ray: Any, plan: SyncPlan, encoder: EncoderSpec, options: RayOptions,
                       progress: bool, *, update_index: bool) -> None:
     """Embed `plan.todo` on Ray into shards (reusing the shards a dead run completed), then ingest them."""
     if not plan.todo:
@@ -540,7 +499,7 @@ def _embed_and_ingest(lib: "Library", ray: Any, plan: _Plan, encoder: EncoderSpe
         folder.rmdir()
 
 
-def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: _Plan, *, update_index: bool) -> None:
+def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: SyncPlan, *, update_index: bool) -> None:
     """Store one chunk of shard rows as `Indexer._store_chunk` stores a chunk: one transaction, then the index."""
     report = plan.report
     new_rows: list[NewImage] = []

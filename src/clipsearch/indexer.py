@@ -12,6 +12,7 @@ encoder, straight to the model's input pixels when the encoder can take them
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -89,6 +90,75 @@ DECODER_DIED = "the decoder process died on this file (a crash, or out of memory
 MIN_EARLY_BATCH = 16
 
 
+MOUNTS_META = "mounts"  # catalog meta: {root: [mount points under it seen by the last sync]}
+
+
+def _not_mounted(count: int) -> str:
+    return (f"drive not mounted here now: its {count} indexed photos were kept; mount it again, "
+            "or pass --allow-empty to remove them from the library")
+
+
+@dataclass
+class SyncPlan:
+    """What a sync must do under one root: catalog rows gone, files to (re-)encode."""
+
+    report: IndexReport
+    known: dict = field(default_factory=dict)      # path -> catalog row, under the root
+    gone: list = field(default_factory=list)       # catalog rows whose files are gone
+    todo: list[FileRecord] = field(default_factory=list)
+
+
+def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLike] = (),
+              allow_empty: bool = False) -> SyncPlan:
+    """Scan `root` (absolute) and diff it against the catalog; the one diff both the
+    single-machine and the Ray indexer use.
+
+    Never counts as deleted: the photos of a root that is now empty (PhotoRootError,
+    unless `allow_empty`), of a folder that could not be read, or of a drive that was
+    mounted inside the root at the last sync and is not now (kept and reported, unless
+    `allow_empty`). Records the mount points seen, for the next sync.
+    """
+    report = IndexReport(root=root)
+    found = scan(root, exclude=exclude)
+    report.scanned = len(found.files)
+    report.skipped.extend(SkippedFile(p, r) for p, r in found.errors)
+    known = catalog.images_under(root)
+    indexed = sum(row.status == "ok" for row in known.values())
+    if not found.files and indexed and not allow_empty:
+        raise PhotoRootError(
+            f"{root} has no photos now but {indexed} are indexed from it; is the drive unmounted? "
+            "Nothing was removed. Pass --allow-empty to remove them from the library")
+
+    # A folder we could not read is not a folder whose photos were deleted; nor is a drive
+    # that was mounted at the last sync and is not now.
+    keep = [p for p, _ in found.errors]
+    mounts = json.loads(catalog.get_meta(MOUNTS_META) or "{}")
+    remembered = set(found.mounts)
+    for mount in sorted(set(mounts.get(root, [])) - set(found.mounts)):
+        count = sum(1 for path, row in known.items() if row.status == "ok" and _under_any(path, [mount]))
+        if count and not allow_empty:
+            keep.append(mount)
+            remembered.add(mount)
+            report.skipped.append(SkippedFile(mount, _not_mounted(count)))
+            log.warning("%s: %s", mount, _not_mounted(count))
+    if sorted(remembered) != sorted(mounts.get(root, [])):
+        mounts[root] = sorted(remembered)
+        catalog.set_meta(MOUNTS_META, {r: m for r, m in mounts.items() if m})
+
+    on_disk = {f.path for f in found.files}
+    plan = SyncPlan(report, known=known)
+    plan.gone = [row for path, row in known.items() if path not in on_disk and not _under_any(path, keep)]
+    for rec in found.files:
+        row = known.get(rec.path)
+        if row is None or row.size != rec.size or row.mtime_ns != rec.mtime_ns:
+            plan.todo.append(rec)
+        elif row.status == "error":
+            report.previously_failed += 1
+        else:
+            report.unchanged += 1
+    return plan
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -155,33 +225,9 @@ class Indexer:
         """Bring the catalog in line with the files under `root`; returns what changed."""
         started = time.monotonic()
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-        report = IndexReport(root=root)
         self._index_behind = False
-        found = scan(root, exclude=exclude)
-        report.scanned = len(found.files)
-        report.skipped.extend(SkippedFile(p, r) for p, r in found.errors)
-        known = self.catalog.images_under(root)
-
-        if not found.files and any(row.status == "ok" for row in known.values()) and not allow_empty:
-            raise PhotoRootError(
-                f"{root} has no photos now but {sum(r.status == 'ok' for r in known.values())} are indexed from it; "
-                "is the drive unmounted? Nothing was removed. Pass --allow-empty to remove them from the library")
-
-        on_disk = {f.path: f for f in found.files}
-        # A folder we could not read is not a folder whose photos were deleted.
-        unreadable = [p for p, _ in found.errors]
-        gone = [row for path, row in known.items() if path not in on_disk and not _under_any(path, unreadable)]
-        todo: list[FileRecord] = []
-        for rec in found.files:
-            row = known.get(rec.path)
-            if row is None:
-                todo.append(rec)
-            elif row.size != rec.size or row.mtime_ns != rec.mtime_ns:
-                todo.append(rec)
-            elif row.status == "error":
-                report.previously_failed += 1
-            else:
-                report.unchanged += 1
+        plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty)
+        report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
 
         if gone:
             gone_ids = np.array([row.id for row in gone], dtype=np.int64)

@@ -31,10 +31,12 @@ class FileRecord:
 
 @dataclass
 class ScanResult:
-    """The files found, sorted by path, and the `(path, reason)` of what was skipped."""
+    """The files found, sorted by path, the `(path, reason)` of what was skipped, and the
+    folders under the root that are mount points (on another device than their parent)."""
 
     files: list[FileRecord] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
 
 
 def scan(
@@ -138,6 +140,7 @@ class _Walker:
         self.files: list[FileRecord] = []
         self.errors: list[tuple[str, str]] = []
         self.visited: set[tuple[int, int]] = set()
+        self.mounts: list[str] = []
         self.pending_links: list[str] = []
         self.excluded_paths: set[str] = set()
         # Folders are also matched by identity, so an excluded folder stays excluded when
@@ -157,7 +160,7 @@ class _Walker:
         if self._root_excluded(root, root_st):
             return ScanResult()
         self.visited.add(_dir_key(root_st))
-        self._walk(root, is_root=True)
+        self._walk(root, root_st.st_dev, is_root=True)
         # Symlinked folders come last, so that anything reachable by a real path is listed
         # under it; each round's links are taken in path order for determinism.
         while self.pending_links:
@@ -173,10 +176,10 @@ class _Walker:
                 if key in self.visited or key in self.excluded_dirs:
                     continue
                 self.visited.add(key)
-                self._walk(link)
+                self._walk(link, st.st_dev)
         self.files.sort(key=lambda record: record.path)
         self.errors.sort()
-        return ScanResult(files=self.files, errors=self.errors)
+        return ScanResult(files=self.files, errors=self.errors, mounts=sorted(self.mounts))
 
     def _root_excluded(self, root: str, root_st: os.stat_result) -> bool:
         if _dir_key(root_st) in self.excluded_dirs:
@@ -190,15 +193,15 @@ class _Walker:
                 return False
             path = parent
 
-    def _walk(self, top: str, *, is_root: bool = False) -> None:
-        stack = [top]
+    def _walk(self, top: str, device: int, *, is_root: bool = False) -> None:
+        stack = [(top, device)]
         while stack:
-            folder = stack.pop()
-            subdirs: list[str] = []
+            folder, device = stack.pop()
+            subdirs: list[tuple[str, int]] = []
             try:
                 with os.scandir(folder) as entries:
                     for entry in entries:
-                        self._visit(entry, subdirs)
+                        self._visit(entry, subdirs, device)
             except OSError as e:
                 if is_root and folder == top:
                     raise PhotoRootError(
@@ -209,7 +212,7 @@ class _Walker:
             # Reverse-sorted onto the stack, so folders are walked in name order.
             stack.extend(sorted(subdirs, reverse=True))
 
-    def _visit(self, entry: os.DirEntry[str], subdirs: list[str]) -> None:
+    def _visit(self, entry: os.DirEntry[str], subdirs: list[tuple[str, int]], device: int) -> None:
         name = entry.name
         if name.startswith(".") and not self.include_hidden:
             return
@@ -232,14 +235,17 @@ class _Walker:
             if os.path.normcase(path) in self.excluded_paths:
                 return
             try:
-                key = _dir_key(entry.stat(follow_symlinks=False))
+                st = entry.stat(follow_symlinks=False)
             except OSError as e:
                 self.errors.append((path, _folder_reason(e)))
                 return
+            key = _dir_key(st)
             if key in self.excluded_dirs or key in self.visited:
                 return
             self.visited.add(key)
-            subdirs.append(path)
+            if _is_mount_point(path, st.st_dev, device):
+                self.mounts.append(path)
+            subdirs.append((path, st.st_dev))
             return
         if not self._wanted(name) or os.path.normcase(path) in self.excluded_paths:
             return
@@ -299,6 +305,11 @@ class _Walker:
 
     def _wanted(self, name: str) -> bool:
         return os.path.splitext(name)[1].lower() in self.extensions
+
+
+def _is_mount_point(path: str, device: int, parent_device: int) -> bool:
+    """A folder on another device than the folder holding it: a drive mounted there."""
+    return device != parent_device
 
 
 def _folder_reason(error: OSError) -> str:

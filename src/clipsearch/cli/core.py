@@ -235,7 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("photos", nargs="+", metavar="PHOTOS", help="folders of photos")
     add_library_args(p)
     p.add_argument("--allow-empty", action="store_true",
-                   help="allow a folder with no photos to remove its images from the library")
+                   help="let a root with no photos, or a drive no longer mounted inside it, remove its "
+                        "images from the library (they are kept otherwise: an unplugged drive is not a deletion)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATH", help="skip this folder (repeatable)")
     p.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list at most N skipped files")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
