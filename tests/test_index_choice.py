@@ -334,10 +334,13 @@ def test_index_flags_parse(command: list[str]) -> None:
     assert build_parser().parse_args([*command, "--max-memory", "2GB"]).max_memory == 2_000_000_000
     assert build_parser().parse_args([*command, "--max-memory", "none"]).max_memory == 0
     assert build_parser().parse_args(command).index is None
+    assert (build_parser().parse_args(command).wait, build_parser().parse_args([*command, "--wait", "90"]).wait) == (0, 90)
 
 
 @pytest.mark.parametrize("flag, value, message", [("--max-memory", "600XB", "600XB"), ("--max-memory", "lots", "lots"),
-                                                  ("--index", "annoy", "hnsw")])
+                                                  ("--index", "annoy", "hnsw"),
+                                                  ("--wait", "-1", "invalid number of seconds"),
+                                                  ("--wait", "soon", "'soon'")])
 def test_bad_index_flags_are_usage_errors_naming_the_argument(flag: str, value: str, message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["index", "photos", flag, value])

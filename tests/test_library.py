@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakeEncoder
+from fakes import FakeEncoder, write_colour_photos
 
 import clipsearch.library
 from clipsearch import ClipSearchError, Library, LibraryLockedError, ModelMismatchError
@@ -154,6 +154,39 @@ def test_a_second_writer_gets_library_locked_error(library: Library, tmp_path: P
     fh = open(tmp_path / "lib" / "lock", "a+")
     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fh.close()
+
+
+def test_a_writer_can_wait_for_the_other_one(library: Library, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    other_process = open(tmp_path / "lib" / "lock", "a+")
+    fcntl.flock(other_process, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(LibraryLockedError, match=r"waited 0\.3 s.*--wait"):
+        library.index(tmp_path / "photos", wait=0.3)
+    threading.Timer(0.6, other_process.close).start()  # the other writer finishes
+    started = time.monotonic()
+    report = library.index(tmp_path / "photos", wait=30)
+    assert 0.5 < time.monotonic() - started < 10 and report.unchanged == 8
+
+
+def test_a_writer_takes_in_what_another_process_wrote_since_it_opened(library: Library, tmp_path: Path,
+                                                                     fake_encoder: FakeEncoder) -> None:
+    # The web UI holds a library open for hours; meanwhile a scheduled run indexes new photos.
+    scheduled = Library.open(tmp_path / "lib", encoder=fake_encoder)
+    new = write_colour_photos(tmp_path / "photos" / "new", ["orange"], size=(40, 30))
+    assert scheduled.index(tmp_path / "photos").added == 1
+    scheduled.close()
+    # Then the long-lived one indexes (nothing new to it on disk) and saves its index:
+    # the scheduled run's photo must still be in it, now and after reopening.
+    assert library.index(tmp_path / "photos").added == 0
+    new_id = library.catalog.find_path(new["orange"]).id
+    assert new_id in library.vector_index.ids()
+    assert library.search_vector(library.vectors([new_id])[1][0], k=1)[0].path == new["orange"]
+    library.close()
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as again:
+        assert sorted(again.vector_index.ids().tolist()) == again.catalog.ok_ids().tolist()
+        assert again.vector_index.ntotal == 9
 
 
 def test_info_counts(library: Library, tmp_path: Path, fake_encoder: FakeEncoder) -> None:

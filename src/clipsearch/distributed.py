@@ -364,18 +364,18 @@ class _Embedder:
 def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpec | None = None,
                  options: RayOptions | None = None, exclude: Iterable[str | os.PathLike] = (),
                  allow_empty: bool = False, progress: bool = False, index_kind: str | None = None,
-                 max_memory: int | str | None = None) -> IndexReport:
+                 max_memory: int | str | None = None, wait: float = 0.0) -> IndexReport:
     """Sync the photos under `root` into `lib`, embedding on Ray; returns the same report as `Library.index`.
 
     `encoder` defaults to the library's model and weights. `index_kind` and `max_memory`
     change the library's index choice as for `Library.index`; a trained index kind is
-    built on Ray (see the module docstring).
+    built on Ray (see the module docstring). `wait` as for `Library.index`.
     """
     options = options or RayOptions()
     encoder = encoder or EncoderSpec(lib.model, lib.pretrained, lib.device)
     started = time.monotonic()
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    with lib._write_lock(), ray_session(options) as ray:
+    with lib._write_lock(wait), ray_session(options) as ray:
         lib._set_index_choice(index_kind, max_memory)
         plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
         report = plan.report
@@ -413,9 +413,9 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
 
 
 def rebuild_index_on_ray(lib: "Library", *, options: RayOptions | None = None, index_kind: str | None = None,
-                         max_memory: int | str | None = None) -> int:
+                         max_memory: int | str | None = None, wait: float = 0.0) -> int:
     """`Library.rebuild_index` with the build on Ray when the chosen kind is trained; returns the count."""
-    with lib._write_lock(), ray_session(options) as ray:
+    with lib._write_lock(wait), ray_session(options) as ray:
         lib._set_index_choice(index_kind, max_memory)
         _install(lib, build_index_on_ray(lib, options=options, ray=ray))
     return lib.vector_index.ntotal

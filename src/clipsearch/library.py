@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -165,16 +166,33 @@ class Library:
 
     # -- writing ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
+    def _write_lock(self, wait: float = 0.0) -> Iterator[None]:
+        """The library's write lock, waiting up to `wait` seconds for another writer.
+
+        Once held, the index in memory is brought up to what is on disk if another process
+        wrote since this one last read or wrote it: otherwise its next save would drop that
+        process's work from the index.
+        """
         fh = open(self.folder / LOCK_FILE, "a+")
         try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LibraryLockedError(
-                    f"another clipsearch process is writing to library {self.folder}; "
-                    "wait for it to finish and run this again") from None
+            deadline = time.monotonic() + max(0.0, wait)
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        waited = f" (waited {wait:g} s)" if wait > 0 else ""
+                        raise LibraryLockedError(
+                            f"another clipsearch process is writing to library {self.folder}{waited}; "
+                            "wait for it to finish and run this again, or pass --wait SECONDS") from None
+                    time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             remove_stale_temp_files(self.folder / INDEX_FILE)
+            if self.vector_index.meta.generation != self.catalog.generation:
+                log.info("library %s changed since it was read; reloading its index", self.folder)
+                index = _load_or_rebuild_index(self.folder / INDEX_FILE, self.catalog, self.dim)
+                index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
+                self.vector_index = self.searcher.index = index
             yield
         finally:
             fh.close()
@@ -185,15 +203,17 @@ class Library:
 
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
               exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
-              max_memory: int | str | None = None) -> IndexReport:
+              max_memory: int | str | None = None, wait: float = 0.0) -> IndexReport:
         """Index the photos under `root` incrementally: only new and changed files are encoded.
 
         `index_kind` ("auto" or one of INDEX_KINDS) and `max_memory` (bytes or "600MB"; 0
         or "none" for no budget) change the library's index choice, kept for later runs.
         When the library has outgrown its index (or shrunk below it), the index is rebuilt
         from the stored vectors after the sync: see `clipsearch.index.choose_index`.
+        `wait`: seconds to wait for another process writing to the library (then
+        LibraryLockedError), for scheduled runs that may overlap.
         """
-        with self._write_lock():
+        with self._write_lock(wait):
             self._set_index_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
                               batch_size=batch_size)
@@ -209,12 +229,13 @@ class Library:
                 log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
         return report
 
-    def rebuild_index(self, index_kind: str | None = None, max_memory: int | str | None = None) -> int:
+    def rebuild_index(self, index_kind: str | None = None, max_memory: int | str | None = None,
+                      wait: float = 0.0) -> int:
         """Rebuild (and retrain) the index from the stored vectors, no re-encoding; returns the count.
 
-        `index_kind` and `max_memory` change the index choice as for `index`.
+        `index_kind`, `max_memory` and `wait` as for `index`.
         """
-        with self._write_lock():
+        with self._write_lock(wait):
             self._set_index_choice(index_kind, max_memory)
             self._install_index(_build_from_catalog(self.catalog, self.dim, self._wanted_spec(None)))
         return self.vector_index.ntotal

@@ -54,7 +54,7 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
 
 
 def add_index_choice_args(p: argparse.ArgumentParser) -> None:
-    """--index and --max-memory: which vector index the library uses (kept for later runs)."""
+    """--index and --max-memory: which vector index the library uses (kept for later runs); --wait."""
     from clipsearch.index import AUTO, FLAT_MAX_VECTORS, INDEX_KINDS
 
     p.add_argument("--index", default=None, choices=[AUTO, *INDEX_KINDS], metavar="KIND",
@@ -63,6 +63,19 @@ def add_index_choice_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-memory", default=None, type=_memory_size, metavar="SIZE",
                    help="memory budget for the index, like 600MB or 2GB ('none' to drop it): auto then "
                         "picks smaller codes (less recall) until the index fits; kept for later runs")
+    p.add_argument("--wait", default=0.0, type=_seconds, metavar="SECONDS",
+                   help="if another clipsearch process is writing to the library, wait up to this long "
+                        "for it (default: stop at once with a message)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}; give one like 600")
+    return value
 
 
 def _memory_size(text: str) -> int:
@@ -101,6 +114,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         before = lib.vector_index
         for root in args.photos:
             report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude,
+                               wait=args.wait,
                                index_kind=args.index, max_memory=args.max_memory)
             if args.json:
                 reports.append(report.to_dict())
@@ -222,7 +236,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
         return cmd_rebuild_ray(args)
     with open_library(args) as lib:
-        count = lib.rebuild_index(index_kind=args.index, max_memory=args.max_memory)
+        count = lib.rebuild_index(index_kind=args.index, max_memory=args.max_memory, wait=args.wait)
         print(f"index rebuilt from stored vectors: {count} images")
         print(f"index:     {_index_line(lib)}")
     return 0

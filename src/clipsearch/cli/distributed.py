@@ -45,7 +45,7 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
                               image_backend=os.environ.get(IMAGE_BACKEND_ENV))
         reports = []
         for root in args.photos:
-            report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet,
+            report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet, wait=args.wait,
                                   allow_empty=args.allow_empty, exclude=args.exclude, index_kind=args.index,
                                   max_memory=args.max_memory)
             if args.json:
@@ -69,7 +69,8 @@ def cmd_rebuild_ray(args: argparse.Namespace) -> int:
     from clipsearch.distributed import rebuild_index_on_ray
 
     with open_library(args) as lib:
-        count = rebuild_index_on_ray(lib, options=_options(args), index_kind=args.index, max_memory=args.max_memory)
+        count = rebuild_index_on_ray(lib, options=_options(args), index_kind=args.index, max_memory=args.max_memory,
+                                     wait=args.wait)
         print(f"index rebuilt from stored vectors on Ray: {count} images")
         print(f"index:     {_index_line(lib)}")
     return 0
