@@ -189,6 +189,29 @@ def test_a_writer_takes_in_what_another_process_wrote_since_it_opened(library: L
         assert again.vector_index.ntotal == 9
 
 
+def test_a_long_lived_reader_finds_what_another_process_indexed(library: Library, tmp_path: Path,
+                                                                fake_encoder: FakeEncoder) -> None:
+    before = library.vector_index
+    assert library.refresh() is False  # nothing changed: nothing reloaded
+    scheduled = Library.open(tmp_path / "lib", encoder=fake_encoder)
+    new = write_colour_photos(tmp_path / "photos" / "new", ["orange"], size=(40, 30))
+    old_orange = library.search("orange", k=1)[0].path
+    assert old_orange != new["orange"]
+    # A writer mid-run: its chunk is committed, its index not saved yet. The reader keeps
+    # its index (no reload of a file behind the catalog) and still answers.
+    with scheduled.catalog.transaction():
+        pass  # a committed chunk
+    assert library.catalog.generation != before.meta.generation
+    assert library.refresh() is False and library.vector_index is before
+    assert library.search("orange", k=1)[0].path == old_orange
+    # The run ends and saves: the next search takes it in, without reopening.
+    assert scheduled.index(tmp_path / "photos").added == 1
+    hits = library.search("orange", k=2)
+    assert new["orange"] in [h.path for h in hits] and library.vector_index is not before
+    assert library.vector_index.ntotal == 9 and library.refresh() is False
+    scheduled.close()
+
+
 def test_info_counts(library: Library, tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     (tmp_path / "photos" / "bad.png").write_bytes(b"not a png")
     library.index(tmp_path / "photos")

@@ -706,6 +706,14 @@ class VectorIndex:
         return out
 
 
+def saved_generation(path: str | Path) -> int | None:
+    """The catalog generation the index saved at `path` matches, from its sidecar; None if unreadable."""
+    try:
+        return int(json.loads(_sidecar(Path(path)).read_text())["generation"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _sidecar_fits(index: Any, ivf: Any, meta: IndexMeta) -> bool:
     """Whether `meta` was saved with this index: the same family of kind and the same number of vectors."""
     import faiss
@@ -942,5 +950,5 @@ __all__ = [
     "AUTO", "FLAT_MAX_VECTORS", "INDEX_KINDS", "IndexConfigError", "IndexMeta", "IndexSpec", "VectorIndex",
     "ExactTopK", "atomic_write_bytes", "build_index", "choose_index", "exact_search", "format_size",
     "needs_rebuild", "nlist_for", "parse_size", "predict_bytes", "recall_at_k", "recall_queries",
-    "remove_stale_temp_files", "RERANK_DEPTH",
+    "remove_stale_temp_files", "RERANK_DEPTH", "saved_generation",
 ]

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from clipsearch.catalog import Catalog, ImageRow
 from clipsearch.errors import ClipSearchError, IndexFileError, LibraryLockedError, ModelMismatchError
 from clipsearch.index import (
     AUTO, INDEX_KINDS, RECALL_QUERIES, TRAIN_MAX, IndexConfigError, IndexSpec, VectorIndex, build_index,
-    choose_index, needs_rebuild, parse_size, recall_queries, remove_stale_temp_files,
+    choose_index, needs_rebuild, parse_size, recall_queries, remove_stale_temp_files, saved_generation,
 )
 from clipsearch.indexer import Indexer, IndexReport
 from clipsearch.search import Hit, Searcher, TextHit
@@ -87,6 +88,8 @@ class Library:
         self.pretrained = pretrained
         self.device = device
         self._encoder = encoder
+        self._writing = False  # this object holds the write lock (see refresh)
+        self._swapping = threading.Lock()  # refresh's swap vs a writer taking over
         self.searcher = Searcher(catalog, index, lambda: self.encoder)
 
     # -- opening ----------------------------------------------------------------------
@@ -187,15 +190,49 @@ class Library:
                             f"another clipsearch process is writing to library {self.folder}{waited}; "
                             "wait for it to finish and run this again, or pass --wait SECONDS") from None
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            remove_stale_temp_files(self.folder / INDEX_FILE)
-            if self.vector_index.meta.generation != self.catalog.generation:
-                log.info("library %s changed since it was read; reloading its index", self.folder)
-                index = _load_or_rebuild_index(self.folder / INDEX_FILE, self.catalog, self.dim)
-                index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
-                self.vector_index = self.searcher.index = index
+            with self._swapping:
+                self._writing = True
+                remove_stale_temp_files(self.folder / INDEX_FILE)
+                if self.vector_index.meta.generation != self.catalog.generation:
+                    log.info("library %s changed since it was read; reloading its index", self.folder)
+                    self._use_index(_load_or_rebuild_index(self.folder / INDEX_FILE, self.catalog, self.dim))
             yield
         finally:
+            self._writing = False
             fh.close()
+
+    def _use_index(self, index: VectorIndex) -> None:
+        index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
+        self.vector_index = self.searcher.index = index
+
+    def refresh(self) -> bool:
+        """Take in what another process wrote since this one read the library; True if the index was reloaded.
+
+        Searches call it, so a long-lived reader (the web UI) finds the photos a scheduled
+        `clipsearch index` added. Cheap when nothing changed (one SQLite read). The index is
+        reloaded only once the writer has saved it for the catalog's current state: a
+        writer's run in progress is picked up at its next save (every 30 s, and at the
+        end); meanwhile hits the catalog no longer has are dropped as usual.
+        """
+        generation = self.catalog.generation
+        if self._writing or generation == self.vector_index.meta.generation:
+            return False
+        path = self.folder / INDEX_FILE
+        if saved_generation(path) != generation:
+            return False
+        with self._swapping:
+            if self._writing or self.vector_index.meta.generation == generation:
+                return False  # a writer of this process took over, or another search reloaded it
+            try:
+                index = VectorIndex.load(path)
+            except IndexFileError as exc:
+                log.warning("%s; searching the index loaded before", exc)
+                return False
+            if index.dim != self.dim:
+                return False
+            self._use_index(index)
+        log.info("library %s: reloaded the index saved by another process (%d images)", self.folder, index.ntotal)
+        return True
 
     def save_index(self) -> None:
         """Write the index to disk atomically, stamped with the catalog generation it matches."""
@@ -276,9 +313,7 @@ class Library:
             self._install_index(_build_from_catalog(self.catalog, self.dim, wanted))
 
     def _install_index(self, index: VectorIndex) -> None:
-        index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
-        self.vector_index = index
-        self.searcher.index = index
+        self._use_index(index)
         self.save_index()
         self.catalog.set_meta("index", index.meta.summary())
 
@@ -304,6 +339,7 @@ class Library:
     def search(self, query: str, k: int = 20, *, min_score: float | None = None,
                folder: str | os.PathLike | None = None) -> list[Hit]:
         """Text→image search; the query may use arithmetic (`beach + sunset - people`, `2:dog`, `photo.jpg + night`)."""
+        self.refresh()
         return self.searcher.search_vector(self.searcher.query_vector(query), k, min_score=min_score,
                                            folder=os.fspath(folder) if folder else None)
 
@@ -313,6 +349,7 @@ class Library:
         """Image→image search. `image` is a path, bytes, a PIL image or an indexed id; `text` modifies it ("at night")."""
         from clipsearch.search import combine
 
+        self.refresh()
         vec = self.searcher.image_vector(image)
         if text:
             vec = combine(np.stack([vec, self.searcher.query_vector(text)]), [1.0, text_weight])
@@ -330,6 +367,7 @@ class Library:
         return ()
 
     def search_vector(self, vector: np.ndarray, k: int = 20, **filters: Any) -> list[Hit]:
+        self.refresh()
         return self.searcher.search_vector(np.asarray(vector, np.float32), k, **filters)
 
     def query_vector(self, query: str) -> np.ndarray:
