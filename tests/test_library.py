@@ -212,6 +212,18 @@ def test_a_long_lived_reader_finds_what_another_process_indexed(library: Library
     scheduled.close()
 
 
+def test_labels_another_process_adds_are_used_by_the_next_describe(library: Library, tmp_path: Path,
+                                                                   fake_encoder: FakeEncoder,
+                                                                   colour_photos: dict[str, str]) -> None:
+    library.add_texts(["a red photo", "a blue photo"])
+    assert library.describe(colour_photos["green"], k=1)[0].text != "a green photo"
+    with Library.open(tmp_path / "lib", encoder=fake_encoder) as terminal:  # `clipsearch texts add` meanwhile
+        terminal.add_texts(["a green photo"])
+        assert library.describe(colour_photos["green"], k=1)[0].text == "a green photo"
+        terminal.remove_texts(["a green photo"])
+    assert library.describe(colour_photos["green"], k=1)[0].text != "a green photo"
+
+
 def test_info_counts(library: Library, tmp_path: Path, fake_encoder: FakeEncoder) -> None:
     (tmp_path / "photos" / "bad.png").write_bytes(b"not a png")
     library.index(tmp_path / "photos")

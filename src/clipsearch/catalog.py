@@ -318,13 +318,26 @@ class Catalog:
                 cur = self._db.execute("INSERT OR IGNORE INTO texts(text, vector, added_at) VALUES (?, ?, ?)",
                                        (text, _blob(vec), now))
                 added += cur.rowcount
+            if added:
+                self._bump_texts_version()
         return added
+
+    def _bump_texts_version(self) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('texts_version', '1') "
+                         "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+
+    @property
+    def texts_version(self) -> int:
+        """Bumped by every change to the text collection (by any process): for caches of it."""
+        return int(self.get_meta("texts_version", "0") or 0)
 
     def remove_texts(self, texts: Sequence[str]) -> int:
         removed = 0
         with self.transaction(bump=False):
             for text in texts:
                 removed += self._db.execute("DELETE FROM texts WHERE text=?", (text,)).rowcount
+            if removed:
+                self._bump_texts_version()
         return removed
 
     def texts(self) -> list[str]:

@@ -116,6 +116,7 @@ class Searcher:
         self._encoder = encoder  # a callable, so the model loads only when a query needs it
         self._text_cache: dict[str, np.ndarray] = {}
         self._texts: tuple[np.ndarray, list[str], np.ndarray] | None = None
+        self._texts_version = -1
 
     @property
     def encoder(self) -> "Encoder":
@@ -191,8 +192,9 @@ class Searcher:
 
     def describe_vector(self, vector: np.ndarray, k: int = 5) -> list[TextHit]:
         """Closest texts of the text collection to a unit vector (exact search)."""
-        if self._texts is None:
-            self._texts = self.catalog.text_vectors(self.index.dim)
+        version = self.catalog.texts_version  # another process may have changed the collection
+        if self._texts is None or version != self._texts_version:
+            self._texts, self._texts_version = self.catalog.text_vectors(self.index.dim), version
         ids, texts, vecs = self._texts
         if not len(texts):
             raise QueryError("the text collection is empty: add captions or labels first "
