@@ -287,3 +287,17 @@ def test_ray_workers_get_the_named_image_backend_with_their_own_threads(
     # "auto" (or nothing) in a worker is torch: one actor per slot, no pool per core in each.
     assert EncoderSpec(tiny_config_path, None, "cpu", image_backend="auto").build(threads=1).image_backend == "torch"
     assert EncoderSpec(tiny_config_path, None, "cpu").build().image_backend == "torch"
+
+
+def test_an_unwritable_onnx_cache_leaves_the_auto_backend_on_torch(
+        tiny_config_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("CLIPSEARCH_ONNX_CACHE", str(blocker / "onnx"))
+    encoder = load_encoder(tiny_config_path, None, device="cpu", image_backend="auto")
+    encoder.prepare_bulk_encoding(100_000)  # no crash: a warning, and torch encodes
+    assert encoder.image_backend == "torch"
+    assert "CLIPSEARCH_ONNX_CACHE" in caplog.text
+    assert encoder.encode_pixels(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2, 16)

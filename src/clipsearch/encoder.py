@@ -369,8 +369,12 @@ class ClipEncoder:
 
         import torch
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        except OSError as exc:
+            raise ModelError(f"cannot write the ONNX export to {path.parent} ({exc.strerror or exc}); "
+                             f"set ${ONNX_CACHE_ENV} to a writable folder") from exc
         os.close(fd)
         dummy = torch.zeros(2, 3, self.image_size, self.image_size)
         try:
