@@ -279,7 +279,7 @@ def main() -> None:
     ceiling(model_only, args.batch_size, args.batch_size, size)
     clipsearch_index(encoder, photos)
     if "clipsearch auto" in variants:
-        # The one-off ONNX export (~6 s for ViT-B-32, cached in ~/.cache/clipsearch/onnx) is a
+        # The one-off ONNX export (4-6 s for ViT-B-32, cached in ~/.cache/clipsearch/onnx) is a
         # first run's cost, not every run's: made here, so that each round loads the cached file.
         from clipsearch.encoder import AUTO_ONNX_MIN_IMAGES
 

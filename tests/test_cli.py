@@ -17,8 +17,9 @@ from clipsearch.cli import main
 def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     calls: list[tuple] = []
 
-    def fake_load(model: str, pretrained: str | None, device: str | None) -> FakeEncoder:
-        calls.append((model, pretrained, device))
+    def fake_load(model: str, pretrained: str | None, device: str | None, *,
+                  image_backend: str | None = None) -> FakeEncoder:
+        calls.append((model, pretrained, device, image_backend))
         return FakeEncoder(model, pretrained)
 
     monkeypatch.setattr(clipsearch.library, "_load_encoder", fake_load)
@@ -112,7 +113,7 @@ def test_search_similar_describe_texts_info_rebuild(tmp_path: Path, indexed: Pat
     assert code == 0 and "8 images" in out
     assert run_json(capsys, "search", "red", "-l", indexed, "-k", 1)[0]["path"] == colour_photos["red"]
     # The library remembers its model: one load per command that needs it, always the stored one.
-    assert set(fake_models) == {("toyworld", "bundled", None)}
+    assert set(fake_models) == {("toyworld", "bundled", None, None)}
 
 
 def test_the_library_can_come_from_the_environment(tmp_path: Path, indexed: Path, capsys, colour_photos,
@@ -206,16 +207,14 @@ def test_the_whole_sequence_on_a_random_toyworld_model(tmp_path: Path, capsys) -
     assert code == 1 and "toyworld/none" in err
 
 
-def test_index_passes_the_image_backend_to_the_model(tmp_path: Path, indexed: Path, capsys,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CLIPSEARCH_IMAGE_BACKEND", "auto")
-    write_colour_photos(tmp_path / "more", ["red"])
-    code, _, _ = run(capsys, "-q", "index", tmp_path / "more", "-l", indexed, "--image-backend", "torch")
-    assert code == 0
-    import os
-
-    assert os.environ["CLIPSEARCH_IMAGE_BACKEND"] == "torch"  # what load_encoder reads
+def test_index_passes_the_image_backend_to_the_model(tmp_path: Path, colour_photos, fake_models: list,
+                                                     capsys) -> None:
+    code, _, err = run(capsys, "-q", "index", tmp_path / "photos", "-l", tmp_path / "lib", "--image-backend", "torch")
+    assert code == 0, err
+    assert [c[3] for c in fake_models] == ["torch"]  # the model the library loads is told; nothing global changes
+    code, _, _ = run(capsys, "-q", "search", "red", "-l", tmp_path / "lib")
+    assert code == 0 and [c[3] for c in fake_models] == ["torch", None]  # default: $CLIPSEARCH_IMAGE_BACKEND, else auto
     with pytest.raises(SystemExit) as exit_info:
-        main(["index", str(tmp_path / "more"), "-l", str(indexed), "--image-backend", "tpu"])
+        main(["index", str(tmp_path / "photos"), "-l", str(tmp_path / "lib"), "--image-backend", "tpu"])
     assert exit_info.value.code == 2
     assert "--image-backend" in capsys.readouterr().err

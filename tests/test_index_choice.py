@@ -350,7 +350,7 @@ def test_bad_index_flags_are_usage_errors_naming_the_argument(flag: str, value: 
 
 
 def test_cli_rebuild_and_info_show_the_index_and_its_recall(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(clipsearch.library, "_load_encoder", lambda *a: FakeEncoder())
+    monkeypatch.setattr(clipsearch.library, "_load_encoder", lambda *a, **kw: FakeEncoder())
     _synthetic_library(tmp_path, 3000).close()
     assert main(["rebuild-index", "--library", str(tmp_path / "lib"), "--index", "ivfsq8"]) == 0
     out = capsys.readouterr().out

@@ -25,7 +25,8 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """Every model load the library asks for, answered with a fresh fake encoder."""
     calls: list[tuple] = []
 
-    def fake_load(model: str, pretrained: str | None, device: str | None) -> FakeEncoder:
+    def fake_load(model: str, pretrained: str | None, device: str | None, *,
+                  image_backend: str | None = None) -> FakeEncoder:
         calls.append((model, pretrained, device))
         return FakeEncoder(model, pretrained)
 

@@ -303,10 +303,9 @@ class Catalog:
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
     def vectors_for(self, ids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
-        out: dict[int, np.ndarray] = {}
-        for block_ids, vecs in self.iter_vectors(dim, ids=ids):
-            out.update(zip(block_ids.tolist(), vecs))
-        return out
+        """The same as `vectors_of`, keyed by id."""
+        found, vecs = self.vectors_of(ids, dim)
+        return dict(zip(found.tolist(), vecs))
 
     # -- texts ----------------------------------------------------------------------
     def add_texts(self, texts: Sequence[str], vectors: np.ndarray) -> int:

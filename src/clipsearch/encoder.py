@@ -37,7 +37,7 @@ IMAGE_BACKENDS = ("auto", "torch", "onnxruntime")
 IMAGE_BACKEND_ENV = "CLIPSEARCH_IMAGE_BACKEND"
 ONNX_CACHE_ENV = "CLIPSEARCH_ONNX_CACHE"
 # "auto" moves a CPU encoder to onnxruntime (when installed) for a job of at least this
-# many images: the one-off export (6 s for ViT-B-32, then cached) is repaid within a few
+# many images: the one-off export (4-6 s for ViT-B-32, then cached) is repaid within a few
 # hundred images at 2x torch's speed, and a single query image never pays it.
 AUTO_ONNX_MIN_IMAGES = 256
 _ONNX_OPSET = 17

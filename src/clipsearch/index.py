@@ -82,8 +82,9 @@ HNSW_EF_CONSTRUCTION = 40
 HNSW_MAX_DELETED = 0.2
 # Filtered HNSW search with fewer allowed ids than this fraction is done exactly.
 _HNSW_EXACT_FILTER = 0.05
-# Candidates re-ranked with exact vectors per 10 results asked, for lossy codes. At the
-# nprobe tuned before re-ranking, on 100k CLIP-like vectors with text-like queries: ivfpq
+# Candidates re-ranked with exact vectors per 10 results asked, for lossy codes. From an
+# exploratory run at the nprobe tuned before re-ranking, on 100k CLIP-like vectors with
+# text-like queries (bench/common.py): ivfpq
 # 0.45 -> 0.86 (top 100) / 0.88 (top 200); pca-ivfpq 0.51 -> 0.88 / 0.90; ivfsq4 0.78 ->
 # 0.94 (top 50; deeper adds nothing); ivfsq6 0.92 -> 0.95 (the rest is nprobe's). Tuned
 # with re-ranking, at 1M: ivfsq4 0.974, ivfpq 0.901, pca-ivfpq 0.936 (docs/performance.md).
@@ -220,8 +221,9 @@ def _spec(kind: str, n: int, dim: int, pq_ratio: int = 8) -> IndexSpec:
 # (kind, pq_ratio): pq_ratio sets the code size of the *pq kinds to dim / pq_ratio bytes.
 # Measured order (docs/performance.md): SQ4 beats PCA to half the dimensions at the same
 # size, and PQ after PCA beats plain PQ at the same code size. With re-ranking (which a
-# library always does for these), SQ4 matched SQ6 at 100k (0.959 both) and beat it at
-# 1M, at 2/3 of the size and faster: SQ6 is there only by name.
+# library always does for these), SQ4 matched SQ6 at 100k (0.959 both) at 2/3 of the
+# size and faster (SQ6 re-ranked was not run at 1M; SQ4 re-ranked gave 0.974 there):
+# SQ6 is there only by name.
 _BUDGET_LADDER: tuple[tuple[str, int], ...] = (
     ("ivfsq8", 0), ("ivfsq4", 0), ("pca-ivfpq", 8), ("pca-ivfpq", 16), ("pca-ivfpq", 32),
 )

@@ -79,7 +79,8 @@ class Library:
     """One library folder. Use `Library.open`; close it (or use `with`) when done."""
 
     def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex, *, model: str,
-                 pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None) -> None:
+                 pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None,
+                 image_backend: str | None = None) -> None:
         self.folder = folder
         self.catalog = catalog
         self.vector_index = index
@@ -87,6 +88,7 @@ class Library:
         self.model = model
         self.pretrained = pretrained
         self.device = device
+        self.image_backend = image_backend  # for the encoder loaded on first use: see load_encoder
         self._encoder = encoder
         self._writing = False  # this object holds the write lock (see refresh)
         self._swapping = threading.Lock()  # refresh's swap vs a writer taking over
@@ -95,12 +97,15 @@ class Library:
     # -- opening ----------------------------------------------------------------------
     @classmethod
     def open(cls, folder: str | os.PathLike, model: str | None = None, pretrained: str | None = _UNSET, *,
-             encoder: "Encoder | None" = None, device: str | None = None, create: bool = True) -> "Library":
+             encoder: "Encoder | None" = None, device: str | None = None, create: bool = True,
+             image_backend: str | None = None) -> "Library":
         """Open (or create) the library in `folder`.
 
         A new library uses `model`/`pretrained` (default: the bundled toyworld model); an
         existing one uses the model it was built with, and naming another is a
         ModelMismatchError. Pass `encoder` to use an already loaded (or fake) encoder.
+        `image_backend` ("auto", "torch", "onnxruntime"; default $CLIPSEARCH_IMAGE_BACKEND,
+        else auto) is how a loaded model encodes images: see `clipsearch.encoder.load_encoder`.
         """
         from clipsearch.encoder import DEFAULT_MODEL, default_pretrained
 
@@ -121,7 +126,7 @@ class Library:
                 if pretrained is _UNSET:
                     pretrained = default_pretrained(model)
                 if encoder is None:
-                    encoder = _load_encoder(model, pretrained, device)
+                    encoder = _load_encoder(model, pretrained, device, image_backend=image_backend)
                 catalog.set_meta("model", model)
                 catalog.set_meta("pretrained", _pretrained_key(pretrained))
                 catalog.set_meta("dim", str(encoder.dim))
@@ -145,7 +150,8 @@ class Library:
         except BaseException:
             catalog.close()
             raise
-        return cls(folder, catalog, index, model=model, pretrained=pretrained, encoder=encoder, device=device)
+        return cls(folder, catalog, index, model=model, pretrained=pretrained, encoder=encoder, device=device,
+                   image_backend=image_backend)
 
     def close(self) -> None:
         self.catalog.close()
@@ -160,7 +166,7 @@ class Library:
     def encoder(self) -> "Encoder":
         """The model, loaded on first use and kept for every later query."""
         if self._encoder is None:
-            self._encoder = _load_encoder(self.model, self.pretrained, self.device)
+            self._encoder = _load_encoder(self.model, self.pretrained, self.device, image_backend=self.image_backend)
         return self._encoder
 
     @property
@@ -323,14 +329,10 @@ class Library:
         if not clean:
             return 0
         vectors = self.encoder.encode_texts(clean)
-        added = self.catalog.add_texts(clean, vectors)
-        self.searcher.invalidate_texts()
-        return added
+        return self.catalog.add_texts(clean, vectors)
 
     def remove_texts(self, texts: Sequence[str]) -> int:
-        removed = self.catalog.remove_texts(list(texts))
-        self.searcher.invalidate_texts()
-        return removed
+        return self.catalog.remove_texts(list(texts))
 
     def texts(self) -> list[str]:
         return self.catalog.texts()
@@ -440,10 +442,11 @@ class Library:
         )
 
 
-def _load_encoder(model: str, pretrained: str | None, device: str | None) -> "Encoder":
+def _load_encoder(model: str, pretrained: str | None, device: str | None, *,
+                  image_backend: str | None = None) -> "Encoder":
     from clipsearch.encoder import load_encoder
 
-    return load_encoder(model, pretrained, device=device)
+    return load_encoder(model, pretrained, device=device, image_backend=image_backend)
 
 
 def _parse_budget(text: str) -> int:

@@ -187,12 +187,9 @@ class Searcher:
         return self.search_vector(self.query_vector(query), k, **filters)  # type: ignore[arg-type]
 
     # -- image → text -------------------------------------------------------------------
-    def invalidate_texts(self) -> None:
-        self._texts = None
-
     def describe_vector(self, vector: np.ndarray, k: int = 5) -> list[TextHit]:
         """Closest texts of the text collection to a unit vector (exact search)."""
-        version = self.catalog.texts_version  # another process may have changed the collection
+        version = self.catalog.texts_version  # changed by any add or remove, in any process
         if self._texts is None or version != self._texts_version:
             self._texts, self._texts_version = self.catalog.text_vectors(self.index.dim), version
         ids, texts, vecs = self._texts

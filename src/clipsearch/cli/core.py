@@ -39,7 +39,8 @@ def open_library(args: argparse.Namespace, *, create: bool = False) -> Any:
     if getattr(args, "pretrained", None) is not None:
         pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
     return Library.open(args.library or default_library(), model=getattr(args, "model", None),
-                        pretrained=pretrained, device=getattr(args, "device", None), create=create)
+                        pretrained=pretrained, device=getattr(args, "device", None), create=create,
+                        image_backend=getattr(args, "image_backend", None))
 
 
 def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
@@ -100,10 +101,6 @@ def _index_line(lib: Any) -> str:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    if args.image_backend:
-        from clipsearch.encoder import IMAGE_BACKEND_ENV
-
-        os.environ[IMAGE_BACKEND_ENV] = args.image_backend  # read by load_encoder; --ray passes it to its workers
     if getattr(args, "ray", None) is not None:
         from clipsearch.cli.distributed import cmd_index_ray
 

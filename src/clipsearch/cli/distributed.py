@@ -42,7 +42,7 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
     with open_library(args, create=True) as lib:
         before = lib.vector_index
         encoder = EncoderSpec(lib.model, lib.pretrained, getattr(args, "device", None),
-                              image_backend=os.environ.get(IMAGE_BACKEND_ENV))
+                              image_backend=args.image_backend or os.environ.get(IMAGE_BACKEND_ENV))
         reports = []
         for root in args.photos:
             report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet, wait=args.wait,
