@@ -6,9 +6,12 @@ them, with region and country names; CC BY 4.0, geonames.org) as shipped in the
 about a second once per process; a lookup is a k-d tree query on the unit sphere (so
 distances are true great-circle ones, also near the poles and the date line).
 
-A photo taken in a city centre is often nearer to a neighbourhood listed as its own
-place ("Intendente") than to the city's point ("Lisbon"): of the places within
-`_PREFER_BIGGER_KM` of the nearest one, the most populous is named.
+A photo taken in a city is often nearer to a neighbourhood listed as its own place
+("Intendente", "Zürich (Kreis 6)") than to the city's point ("Lisbon", "Zürich"). So a
+city of `_MAJOR_POPULATION` people or more is named when the photo is within its
+radius (`_major_radius_km`: 4 km at 100,000 people, 8 at a million, 12 at ten million);
+otherwise, of the places within `_PREFER_BIGGER_KM` of the nearest one, the most
+populous.
 """
 from __future__ import annotations
 
@@ -36,6 +39,11 @@ MAX_DISTANCE_KM = 150.0
 # Candidates this much farther than the nearest place may be named instead when more populous.
 _PREFER_BIGGER_KM = 3.0
 _NEIGHBOURS = 16
+_MAJOR_POPULATION = 100_000
+
+
+def _major_radius_km(population: np.ndarray) -> np.ndarray:
+    return 4.0 + 4.0 * np.log10(np.maximum(population, 1) / _MAJOR_POPULATION)
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,11 @@ class _Gazetteer:
             self.countries = {code: name for code, name in csv.reader(fh)}
         lat = np.radians(np.array([r["latitude"] for r in rows], np.float64))
         lon = np.radians(np.array([r["longitude"] for r in rows], np.float64))
-        self.tree = cKDTree(_xyz(lat, lon))
+        xyz = _xyz(lat, lon)
+        self.tree = cKDTree(xyz)
         self.population = np.array([int(r.get("population") or 0) for r in rows], np.int64)
+        self.major = np.flatnonzero(self.population >= _MAJOR_POPULATION)
+        self.major_tree = cKDTree(xyz[self.major])
         self.city = [r.get("city") or None for r in rows]
         self.region = [r.get("state") or None for r in rows]
         self.code = [r.get("country_code") or None for r in rows]
@@ -127,6 +138,11 @@ def reverse_geocode_many(positions: Sequence[tuple[float, float]]) -> list[Place
     col = np.argmax(pop, axis=1)
     rows = np.arange(len(valid))
     best, dist = idx[rows, col], km[rows, col]
+    major_chord, major_pos = g.major_tree.query(xyz, k=1)
+    major = g.major[np.asarray(major_pos)]
+    major_km = 2 * EARTH_RADIUS_KM * np.arcsin(np.clip(np.asarray(major_chord) / 2, 0, 1))
+    inside = major_km <= _major_radius_km(g.population[major])
+    best, dist = np.where(inside, major, best), np.where(inside, major_km, dist)
     for row, i in enumerate(valid):
         if km[row, 0] <= MAX_DISTANCE_KM:
             b = int(best[row])

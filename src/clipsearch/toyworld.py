@@ -85,8 +85,9 @@ HELD_OUT_OBJECT_TIME: frozenset[tuple[str, str]] = frozenset({
 })
 
 _SPLIT_ID = {name: i for i, name in enumerate(SPLITS)}
-# Seeds are [seed, split, stream, ...]: one stream plans the scenes, the other draws each image.
-_PLAN_STREAM, _IMAGE_STREAM = 0, 1
+# Seeds are [seed, split, stream, ...]: one stream plans the scenes, one draws each image,
+# one makes up where, when and with what each photo was taken (its EXIF).
+_PLAN_STREAM, _IMAGE_STREAM, _EXIF_STREAM = 0, 1, 2
 
 
 # ---------------------------------------------------------------------------------------
@@ -731,13 +732,142 @@ def _image_path(index: int, width: int) -> str:
     return f"images/{index:0{width}d}.jpg"
 
 
+# ---------------------------------------------------------------------------------------
+# Photo metadata: the toy world's photos were taken in real cities, over several years,
+# with a few cameras (some of which write no GPS), and some carry no EXIF at all.
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class City:
+    name: str
+    country_code: str
+    lat: float
+    lon: float
+    utc_offset: int        # minutes, standard time
+    summer_time: bool      # +60 minutes from April to October (northern cities)
+
+
+CITIES: tuple[City, ...] = (
+    City("Lisbon", "PT", 38.7223, -9.1393, 0, True),
+    City("Paris", "FR", 48.8566, 2.3522, 60, True),
+    City("Zürich", "CH", 47.3769, 8.5417, 60, True),
+    City("New York City", "US", 40.7128, -74.0060, -300, True),
+    City("Tokyo", "JP", 35.6895, 139.6917, 540, False),
+    City("Sydney", "AU", -33.8688, 151.2093, 600, False),
+    City("São Paulo", "BR", -23.5505, -46.6333, -180, False),
+    City("Reykjavík", "IS", 64.1466, -21.9426, 0, False),
+)
+
+
+@dataclass(frozen=True)
+class Camera:
+    make: str
+    model: str
+    lens: str | None
+    focal_length: float
+    aperture: float
+    writes_gps: bool
+
+
+CAMERAS: tuple[Camera, ...] = (
+    Camera("Google", "Pixel 7", None, 6.81, 1.85, True),
+    Camera("Apple", "iPhone 12", "iPhone 12 back dual wide camera 4.2mm f/1.6", 4.2, 1.6, True),
+    Camera("Canon", "Canon EOS R5", "RF24-105mm F4 L IS USM", 50.0, 4.0, False),
+    Camera("FUJIFILM", "X-T3", "XF35mmF1.4 R", 35.0, 1.4, True),
+)
+# Photos without any EXIF (a scan, a messaging app's copy): dated by their file only.
+NO_EXIF_SHARE = 0.1
+_YEARS = (2016, 2024)  # capture times fall in these years, inclusive
+_HOURS = {"day": (9, 16), "sunset": (18, 20), "night": (21, 23)}
+
+
+@dataclass(frozen=True)
+class ToyPhotoMeta:
+    """Where, when and with what a toy-world photo was taken (what its EXIF says)."""
+
+    taken: "datetime.datetime"     # aware: wall-clock time with the city's offset
+    city: City
+    camera: Camera
+    has_gps: bool
+    lat: float
+    lon: float
+    iso: int
+    exposure: float
+
+
+def photo_metadata(seed: int, split: str, index: int, scene: Scene) -> ToyPhotoMeta | None:
+    """The made-up EXIF of image `index` of a split; None for a photo without EXIF.
+
+    Its own random stream: the pixels and captions are the same with or without it. The
+    hour follows the scene's time of day.
+    """
+    import datetime
+
+    rng = np.random.default_rng([seed, _SPLIT_ID[split], _EXIF_STREAM, index])
+    if rng.random() < NO_EXIF_SHARE:
+        return None
+    city = CITIES[int(rng.integers(len(CITIES)))]
+    camera = CAMERAS[int(rng.integers(len(CAMERAS)))]
+    start = datetime.date(_YEARS[0], 1, 1).toordinal()
+    day = datetime.date.fromordinal(start + int(rng.integers(datetime.date(_YEARS[1], 12, 31).toordinal() - start + 1)))
+    lo, hi = _HOURS[scene.time]
+    wall = datetime.datetime(day.year, day.month, day.day, int(rng.integers(lo, hi + 1)), int(rng.integers(60)),
+                             int(rng.integers(60)))
+    offset = city.utc_offset + (60 if city.summer_time and 4 <= day.month <= 10 else 0)
+    taken = wall.replace(tzinfo=datetime.timezone(datetime.timedelta(minutes=offset)))
+    # Within about 3 km of the centre: the same city, some streets apart.
+    dist, bearing = 3.0 * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
+    lat = city.lat + dist / 111.2 * math.cos(bearing)
+    lon = city.lon + dist / (111.2 * math.cos(math.radians(city.lat))) * math.sin(bearing)
+    iso = int((50, 100, 200, 400, 800, 1600, 3200)[int(rng.integers(7)) if scene.time != "day" else int(rng.integers(3))])
+    exposure = float((1 / 1000, 1 / 250, 1 / 60, 1 / 15)[int(rng.integers(4))])
+    return ToyPhotoMeta(taken, city, camera, camera.writes_gps, round(lat, 6), round(lon, 6), iso, exposure)
+
+
+def _rational(value: float, den: int = 10_000) -> "TiffImagePlugin.IFDRational":
+    from PIL import TiffImagePlugin
+
+    return TiffImagePlugin.IFDRational(round(value * den), den)
+
+
+def exif_bytes(meta: ToyPhotoMeta) -> Image.Exif:
+    """The EXIF a camera would write for `meta`: IFD0, Exif IFD, and GPS IFD when it has GPS."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = meta.camera.make, meta.camera.model, 1
+    sub = exif.get_ifd(0x8769)
+    stamp = meta.taken.strftime("%Y:%m:%d %H:%M:%S")
+    offset = meta.taken.strftime("%z")
+    sub[0x9003] = sub[0x9004] = stamp
+    sub[0x9011] = sub[0x9012] = f"{offset[:3]}:{offset[3:]}"
+    sub[0x829A] = _rational(meta.exposure, 100_000)
+    sub[0x829D] = _rational(meta.camera.aperture, 100)
+    sub[0x8827] = meta.iso
+    sub[0x920A] = _rational(meta.camera.focal_length, 100)
+    if meta.camera.lens:
+        sub[0xA434] = meta.camera.lens
+    if meta.has_gps:
+        gps = exif.get_ifd(0x8825)
+
+        def dms(x: float) -> tuple:
+            x = abs(x)
+            d, m = int(x), int((abs(x) - int(x)) * 60)
+            return (_rational(d, 1), _rational(m, 1), _rational((x - d - m / 60) * 3600, 1000))
+
+        gps[1], gps[2] = ("N" if meta.lat >= 0 else "S"), dms(meta.lat)
+        gps[3], gps[4] = ("E" if meta.lon >= 0 else "W"), dms(meta.lon)
+    return exif
+
+
 def _render_chunk(job: tuple[Path, str, int, int, int, list[tuple[int, Scene]]]) -> list[tuple[int, str]]:
-    """Draw and save some images; return (index, caption) for each. Runs in a worker process."""
+    """Draw and save some images with their EXIF; return (index, caption) for each. Runs in a worker process."""
     out_dir, split, seed, size, width, items = job
     rows = []
     for index, scene in items:
         rng = image_rng(seed, split, index)
-        render(scene, rng, size).save(out_dir / _image_path(index, width), format="JPEG", quality=JPEG_QUALITY)
+        meta = photo_metadata(seed, split, index, scene)
+        extra = {"exif": exif_bytes(meta)} if meta is not None else {}
+        path = out_dir / _image_path(index, width)
+        render(scene, rng, size).save(path, format="JPEG", quality=JPEG_QUALITY, **extra)
         rows.append((index, caption(scene, rng)))
     return rows
 
