@@ -96,7 +96,7 @@ def model_inputs(n: int) -> dict[str, float]:
 
     from clipsearch.catalog import Catalog, NewImage
     from clipsearch.distributed import Shard, read_shard, write_shard
-    from clipsearch.index import TRAIN_MAX, _new_faiss_index, _train, choose_index
+    from clipsearch.index import TRAIN_MAX, choose_index, new_faiss_index, train_index
 
     out: dict[str, float] = {}
     vectors = ClipLikeMixture(dim=512).images(n)
@@ -126,10 +126,10 @@ def model_inputs(n: int) -> dict[str, float]:
         spec = choose_index(100_000_000, 512, "ivfpq")
         out["ivfpq spec"] = spec.factory(512)  # type: ignore[assignment]
         faiss.omp_set_num_threads(os.cpu_count() or 1)
-        index = _new_faiss_index(spec, 512)
+        index = new_faiss_index(spec, 512)
         sample = vectors[: min(n, TRAIN_MAX)]
         started = time.perf_counter()
-        _train(index, spec, sample)
+        train_index(index, spec, sample)
         out["train s (all cores)"] = time.perf_counter() - started
         out["train vectors"] = len(sample)
         faiss.omp_set_num_threads(1)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeEncoder  # noqa: E402
 
-import clipsearch.index  # noqa: E402
+import clipsearch.atomic  # noqa: E402
 import clipsearch.library  # noqa: E402
 from clipsearch.catalog import Catalog  # noqa: E402
 from clipsearch.index import VectorIndex  # noqa: E402
@@ -84,7 +84,7 @@ def install_kill_point(point: str, n: int) -> None:
 
         VectorIndex.add = add
     elif point in ("save-rename", "save-sidecar"):
-        real_write = clipsearch.index.atomic_write_bytes
+        real_write = clipsearch.atomic.atomic_write_bytes
 
         def write(path, data):
             path = Path(path)
@@ -101,7 +101,7 @@ def install_kill_point(point: str, n: int) -> None:
                 die()
             return real_write(path, data)
 
-        clipsearch.index.atomic_write_bytes = write
+        clipsearch.atomic.atomic_write_bytes = write
     elif point != "encode":
         raise SystemExit(f"unknown kill point {point}")
 

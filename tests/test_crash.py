@@ -22,7 +22,8 @@ import pytest
 from fakes import FakeEncoder
 from PIL import Image
 
-import clipsearch.index
+import clipsearch.atomic
+import clipsearch.index.lifecycle as lifecycle
 import clipsearch.library
 from clipsearch import ClipSearchError, Library
 from clipsearch.errors import CatalogError, IndexFileError, SchemaVersionError
@@ -246,7 +247,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_index(library: Library, tmp
         writes.append(fd)
         return _FullDisk(fh) if len(writes) == failing_write else fh
 
-    monkeypatch.setattr(clipsearch.index.os, "fdopen", fdopen)
+    monkeypatch.setattr(clipsearch.atomic.os, "fdopen", fdopen)
     with pytest.raises(IndexFileError) as err:
         library.index(tmp_path / "photos")
     monkeypatch.undo()
@@ -298,7 +299,7 @@ def _damage(lib_dir: Path, how: str) -> None:
 class _Repairs:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.builds = self.reconciles = 0
-        build, reconcile = clipsearch.library._build_from_catalog, clipsearch.library._reconcile
+        build, reconcile = lifecycle.build_from_catalog, lifecycle.reconcile
 
         def counting_build(*args, **kwargs):
             self.builds += 1
@@ -308,8 +309,8 @@ class _Repairs:
             self.reconciles += 1
             return reconcile(*args, **kwargs)
 
-        monkeypatch.setattr(clipsearch.library, "_build_from_catalog", counting_build)
-        monkeypatch.setattr(clipsearch.library, "_reconcile", counting_reconcile)
+        monkeypatch.setattr(lifecycle, "build_from_catalog", counting_build)
+        monkeypatch.setattr(lifecycle, "reconcile", counting_reconcile)
 
 
 @pytest.mark.parametrize("how", ["deleted", "garbage", "truncated", "sidecar lost", "stale"])

@@ -169,7 +169,7 @@ def test_an_index_without_id_map_is_refused(tmp_path: Path) -> None:
 
 
 def test_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipsearch import index as index_module
+    from clipsearch import atomic
 
     path = tmp_path / "f.bin"
     path.write_bytes(b"old")
@@ -177,9 +177,9 @@ def test_failed_atomic_write_leaves_the_old_file_and_no_temp(tmp_path: Path, mon
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(index_module.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        index_module.atomic_write_bytes(path, b"new")
+        atomic.atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 

@@ -291,7 +291,7 @@ def test_a_lost_or_lagging_ivf_index_is_repaired_with_the_stored_choice(tmp_path
 
 
 def test_auto_switches_to_an_ann_index_when_the_library_grows(tmp_path: Path, colour_photos, monkeypatch) -> None:
-    monkeypatch.setattr(index_module, "FLAT_MAX_VECTORS", 2000)
+    monkeypatch.setattr(index_module.choose, "FLAT_MAX_VECTORS", 2000)
     lib = _synthetic_library(tmp_path, 2500)
     lib.index(tmp_path / "photos")  # 8 real photos more; the index is fitted after the sync
     assert lib.vector_index.kind == "ivfsq8" and lib.vector_index.ntotal == 2508

@@ -375,8 +375,8 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     encoder = encoder or EncoderSpec(lib.model, lib.pretrained, lib.device)
     started = time.monotonic()
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    with lib._write_lock(wait), ray_session(options) as ray:
-        lib._set_index_choice(index_kind, max_memory)
+    with lib.write_lock(wait), ray_session(options) as ray:
+        lib.indexes.set_choice(index_kind, max_memory)
         plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
         report = plan.report
         # The index this run ends with, judged before it starts: when it is to be built on
@@ -403,7 +403,7 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
             from clipsearch.index import IndexConfigError
 
             try:
-                lib._fit_index()  # flat or HNSW: as on one machine
+                lib.indexes.fit()  # flat or HNSW: as on one machine
             except IndexConfigError as exc:
                 log.warning("%s; keeping the %s index", exc, lib.vector_index.describe())
             lib.save_index()
@@ -415,24 +415,17 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
 def rebuild_index_on_ray(lib: "Library", *, options: RayOptions | None = None, index_kind: str | None = None,
                          max_memory: int | str | None = None, wait: float = 0.0) -> int:
     """`Library.rebuild_index` with the build on Ray when the chosen kind is trained; returns the count."""
-    with lib._write_lock(wait), ray_session(options) as ray:
-        lib._set_index_choice(index_kind, max_memory)
+    with lib.write_lock(wait), ray_session(options) as ray:
+        lib.indexes.set_choice(index_kind, max_memory)
         _install(lib, build_index_on_ray(lib, options=options, ray=ray))
     return lib.vector_index.ntotal
-
-
-def _wanted(lib: "Library", n: int) -> "IndexSpec":
-    from clipsearch.index import choose_index
-
-    kind, budget = lib.index_choice()
-    return choose_index(n, lib.dim, kind, budget, current=lib.vector_index.spec)
 
 
 def _needs_ray_build(lib: "Library", n: int) -> bool:
     from clipsearch.index import IndexConfigError, needs_rebuild
 
     try:
-        wanted = _wanted(lib, n)
+        wanted = lib.indexes.wanted_spec(n)
     except IndexConfigError:
         return False  # the single-machine path warns and keeps the index it has
     current = lib.vector_index
@@ -595,11 +588,11 @@ def _train_part(factory_spec: "IndexSpec", dim: int, train: np.ndarray, threads:
     """Ray task: the empty index of `factory_spec`, trained on `train`, serialized."""
     import faiss
 
-    from clipsearch.index import _new_faiss_index, _train
+    from clipsearch.index import new_faiss_index, train_index
 
     faiss.omp_set_num_threads(max(1, threads))
-    index = _new_faiss_index(factory_spec, dim)
-    _train(index, factory_spec, np.ascontiguousarray(train, dtype=np.float32))
+    index = new_faiss_index(factory_spec, dim)
+    train_index(index, factory_spec, np.ascontiguousarray(train, dtype=np.float32))
     return faiss.serialize_index(index)
 
 
@@ -632,11 +625,8 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
     `spec` defaults to what the library's index choice picks for its size. Flat and HNSW
     are built as on one machine. The result is not installed: see `_install`.
     """
-    from clipsearch.index import (
-        RECALL_K, RECALL_QUERIES, TARGET_RECALL, TRAIN_MAX, IndexMeta, VectorIndex, _spec_fields, _tune,
-        recall_queries,
-    )
-    from clipsearch.library import _build_from_catalog, exact_vectors_from
+    from clipsearch.index import RECALL_K, TARGET_RECALL, TRAIN_MAX, IndexMeta, VectorIndex, spec_fields, tune
+    from clipsearch.index.lifecycle import build_from_catalog, build_sample, exact_vectors_from
 
     options = options or RayOptions()
     if ray is None:
@@ -644,21 +634,13 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
             return build_index_on_ray(lib, spec, options=options, ray=ray)
     catalog, dim = lib.catalog, lib.dim
     n = catalog.count("ok")
-    spec = spec or _wanted(lib, n)
+    spec = spec or lib.indexes.wanted_spec(n)
     if not spec.needs_training or not n:
-        return _build_from_catalog(catalog, dim, spec)
+        return build_from_catalog(catalog, dim, spec)
 
     started = time.monotonic()
-    rng = np.random.default_rng(0)
-    sample_ids = np.sort(rng.choice(catalog.ok_ids(), min(n, TRAIN_MAX), replace=False))
-    found = catalog.vectors_for(sample_ids.tolist(), dim)
-    sample = np.stack([found[i] for i in sample_ids.tolist() if i in found]).astype(np.float32)
-    queries = recall_queries(sample, RECALL_QUERIES, seed=1)
-    _, _, text_vecs = catalog.text_vectors(dim)
-    if len(text_vecs):  # as the single-machine build: real text embeddings among the queries
-        take = rng.choice(len(text_vecs), min(len(text_vecs), RECALL_QUERIES // 5), replace=False)
-        queries[: len(take)] = text_vecs[take]
-        queries = queries[rng.permutation(len(queries))]
+    # The single-machine build's sample and queries (real text embeddings among them).
+    sample, queries = build_sample(catalog, dim, TRAIN_MAX, np.random.default_rng(0))
 
     cpus = max(1, int(options.cpus_per_worker))
     total_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -710,13 +692,13 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
 
     order = np.argsort(-best_scores, axis=1, kind="stable")
     true_ids = np.take_along_axis(best_ids, order, 1)
-    meta = IndexMeta(kind=spec.kind, dim=dim, spec=_spec_fields(spec), factory=spec.factory(dim),
+    meta = IndexMeta(kind=spec.kind, dim=dim, spec=spec_fields(spec), factory=spec.factory(dim),
                      built_at=time.time(),
                      extra={"layout": "ondisk", "ivfdata": ivfdata.name, "built_on": "ray",
                             "parts": len(part_files)})
     index = VectorIndex(merged, meta)
     index.exact_vectors = exact_vectors_from(lib.catalog, dim)  # lossy codes are tuned as they will search
-    _tune(index, queries, true_ids, TARGET_RECALL, RECALL_K)
+    tune(index, queries, true_ids, TARGET_RECALL, RECALL_K)
     meta.build_seconds = round(time.monotonic() - started, 3)
     log.info("built %s over %d vectors on Ray in %d parts in %.1fs, recall@%d %s", index.describe(), index.ntotal,
              len(part_files), meta.build_seconds, RECALL_K, meta.recall_at_10)
@@ -725,7 +707,7 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
 
 def _install(lib: "Library", index: "VectorIndex") -> None:
     """Make `index` the library's (saved atomically), then delete .ivfdata files no index refers to any more."""
-    lib._install_index(index)
+    lib.indexes.install(index)
     keep = index.meta.extra.get("ivfdata") if is_on_disk(index) else None
     for path in lib.folder.glob(f"{IVFDATA_PREFIX}*{IVFDATA_SUFFIX}"):
         if path.name != keep:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -19,16 +18,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from clipsearch.catalog import Catalog, ImageRow
-from clipsearch.errors import ClipSearchError, IndexFileError, LibraryLockedError, ModelMismatchError
-from clipsearch.index import (
-    AUTO, INDEX_KINDS, RECALL_QUERIES, TRAIN_MAX, IndexConfigError, IndexSpec, VectorIndex, build_index,
-    choose_index, needs_rebuild, parse_size, recall_queries, remove_stale_temp_files, saved_generation,
-)
+from clipsearch.errors import ClipSearchError, LibraryLockedError, ModelMismatchError
+from clipsearch.index import AUTO, IndexConfigError, VectorIndex
+from clipsearch.index.lifecycle import LibraryIndex
 from clipsearch.indexer import Indexer, IndexReport
 from clipsearch.search import Hit, Searcher, TextHit
 
@@ -78,13 +75,13 @@ def _pretrained_key(value: str | None) -> str:
 class Library:
     """One library folder. Use `Library.open`; close it (or use `with`) when done."""
 
-    def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex, *, model: str,
+    def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex | LibraryIndex, *, model: str,
                  pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None,
                  image_backend: str | None = None) -> None:
         self.folder = folder
         self.catalog = catalog
-        self.vector_index = index
-        index.exact_vectors = exact_vectors_from(catalog, index.dim)
+        self.indexes = index if isinstance(index, LibraryIndex) else LibraryIndex(folder / INDEX_FILE, catalog, index)
+        self.indexes.on_swap = self._index_swapped
         self.model = model
         self.pretrained = pretrained
         self.device = device
@@ -92,7 +89,15 @@ class Library:
         self._encoder = encoder
         self._writing = False  # this object holds the write lock (see refresh)
         self._swapping = threading.Lock()  # refresh's swap vs a writer taking over
-        self.searcher = Searcher(catalog, index, lambda: self.encoder)
+        self.searcher = Searcher(catalog, self.indexes.index, lambda: self.encoder)
+
+    @property
+    def vector_index(self) -> VectorIndex:
+        """The index searched now (it is replaced by rebuilds and reloads: don't keep it)."""
+        return self.indexes.index
+
+    def _index_swapped(self, index: VectorIndex) -> None:
+        self.searcher.index = index
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -144,9 +149,7 @@ class Library:
             dim = int(catalog.get_meta("dim") or 0)
             if encoder is not None and encoder.dim != dim:
                 raise ModelMismatchError(f"encoder gives {encoder.dim}-d vectors but library {folder} holds {dim}-d ones")
-            index = _load_or_rebuild_index(folder / INDEX_FILE, catalog, dim)
-            if index.meta.generation != catalog.generation:
-                _save_repaired(folder, catalog, index, dim)
+            index = LibraryIndex.open(folder / INDEX_FILE, catalog, dim, try_lock=lambda: _try_write_lock(folder))
         except BaseException:
             catalog.close()
             raise
@@ -175,8 +178,11 @@ class Library:
 
     # -- writing ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _write_lock(self, wait: float = 0.0) -> Iterator[None]:
-        """The library's write lock, waiting up to `wait` seconds for another writer.
+    def write_lock(self, wait: float = 0.0) -> Iterator[None]:
+        """The library's write lock, waiting up to `wait` seconds for another writer (then LibraryLockedError).
+
+        For writers outside this class (the Ray path): everything that changes the catalog
+        or the index file runs under it.
 
         Once held, the index in memory is brought up to what is on disk if another process
         wrote since this one last read or wrote it: otherwise its next save would drop that
@@ -198,18 +204,11 @@ class Library:
                     time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             with self._swapping:
                 self._writing = True
-                remove_stale_temp_files(self.folder / INDEX_FILE)
-                if self.vector_index.meta.generation != self.catalog.generation:
-                    log.info("library %s changed since it was read; reloading its index", self.folder)
-                    self._use_index(_load_or_rebuild_index(self.folder / INDEX_FILE, self.catalog, self.dim))
+                self.indexes.catch_up()
             yield
         finally:
             self._writing = False
             fh.close()
-
-    def _use_index(self, index: VectorIndex) -> None:
-        index.exact_vectors = exact_vectors_from(self.catalog, index.dim)
-        self.vector_index = self.searcher.index = index
 
     def refresh(self) -> bool:
         """Take in what another process wrote since this one read the library; True if the index was reloaded.
@@ -220,29 +219,19 @@ class Library:
         writer's run in progress is picked up at its next save (every 30 s, and at the
         end); meanwhile hits the catalog no longer has are dropped as usual.
         """
-        generation = self.catalog.generation
-        if self._writing or generation == self.vector_index.meta.generation:
-            return False
-        path = self.folder / INDEX_FILE
-        if saved_generation(path) != generation:
+        if self._writing or not self.indexes.saved_is_current():
             return False
         with self._swapping:
-            if self._writing or self.vector_index.meta.generation == generation:
-                return False  # a writer of this process took over, or another search reloaded it
-            try:
-                index = VectorIndex.load(path)
-            except IndexFileError as exc:
-                log.warning("%s; searching the index loaded before", exc)
+            # A writer of this process may have taken over, or another search reloaded it.
+            if self._writing or not self.indexes.saved_is_current() or not self.indexes.reload():
                 return False
-            if index.dim != self.dim:
-                return False
-            self._use_index(index)
-        log.info("library %s: reloaded the index saved by another process (%d images)", self.folder, index.ntotal)
+        log.info("library %s: reloaded the index saved by another process (%d images)", self.folder,
+                 self.vector_index.ntotal)
         return True
 
     def save_index(self) -> None:
         """Write the index to disk atomically, stamped with the catalog generation it matches."""
-        self.vector_index.save(self.folder / INDEX_FILE, self.catalog.generation)
+        self.indexes.save()
 
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
               exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
@@ -256,8 +245,8 @@ class Library:
         `wait`: seconds to wait for another process writing to the library (then
         LibraryLockedError), for scheduled runs that may overlap.
         """
-        with self._write_lock(wait):
-            self._set_index_choice(index_kind, max_memory)
+        with self.write_lock(wait):
+            self.indexes.set_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
                               batch_size=batch_size)
             report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty)
@@ -266,7 +255,7 @@ class Library:
             self.catalog.set_meta("roots", sorted(roots))
             self.catalog.set_meta("last_report", report.to_dict())
             try:
-                self._fit_index()
+                self.indexes.fit()
             except IndexConfigError as exc:
                 # The photos are indexed; only the index choice failed (a budget the grown library no longer fits).
                 log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
@@ -278,50 +267,14 @@ class Library:
 
         `index_kind`, `max_memory` and `wait` as for `index`.
         """
-        with self._write_lock(wait):
-            self._set_index_choice(index_kind, max_memory)
-            self._install_index(_build_from_catalog(self.catalog, self.dim, self._wanted_spec(None)))
+        with self.write_lock(wait):
+            self.indexes.set_choice(index_kind, max_memory)
+            self.indexes.rebuild()
         return self.vector_index.ntotal
 
     def index_choice(self) -> tuple[str, int | None]:
         """The library's index setting: (kind or "auto", memory budget in bytes or None)."""
-        raw = json.loads(self.catalog.get_meta("index_choice") or "{}")
-        return raw.get("kind", AUTO), raw.get("max_memory") or None
-
-    def _set_index_choice(self, kind: str | None, max_memory: int | str | None) -> None:
-        if kind is None and max_memory is None:
-            return
-        old_kind, old_budget = self.index_choice()
-        kind = old_kind if kind is None else kind
-        if kind != AUTO and kind not in INDEX_KINDS:
-            raise IndexConfigError(f"unknown index kind {kind!r}; choose one of: {AUTO}, {', '.join(INDEX_KINDS)}")
-        if max_memory is None:
-            budget = old_budget
-        elif isinstance(max_memory, str):
-            budget = None if max_memory.strip().lower() in ("none", "0", "") else _parse_budget(max_memory)
-        else:
-            budget = int(max_memory) or None
-        self.catalog.set_meta("index_choice", {"kind": kind, "max_memory": budget})
-
-    def _wanted_spec(self, current: IndexSpec | None) -> IndexSpec:
-        kind, budget = self.index_choice()
-        return choose_index(self.catalog.count("ok"), self.dim, kind, budget, current=current)
-
-    def _fit_index(self) -> None:
-        """Rebuild the index when the library's size or setting calls for another one."""
-        current = self.vector_index.spec
-        wanted = self._wanted_spec(current)
-        if wanted.needs_training and not self.catalog.count("ok"):
-            return  # nothing to train on yet
-        if needs_rebuild(current, wanted):
-            log.info("library of %d images: rebuilding the %s index as %s", self.catalog.count("ok"),
-                     current.kind, wanted.describe(self.dim))
-            self._install_index(_build_from_catalog(self.catalog, self.dim, wanted))
-
-    def _install_index(self, index: VectorIndex) -> None:
-        self._use_index(index)
-        self.save_index()
-        self.catalog.set_meta("index", index.meta.summary())
+        return self.indexes.choice()
 
     def add_texts(self, texts: Sequence[str]) -> int:
         """Add captions or labels to the text collection (for image→text); returns how many were new."""
@@ -449,76 +402,6 @@ def _load_encoder(model: str, pretrained: str | None, device: str | None, *,
     return load_encoder(model, pretrained, device=device, image_backend=image_backend)
 
 
-def _parse_budget(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise IndexConfigError(f"max_memory: {exc}") from None
-
-
-def _stored_spec(catalog: Catalog, dim: int) -> IndexSpec:
-    """The index the library's setting asks for at its current size; flat if the setting can't be met."""
-    raw = json.loads(catalog.get_meta("index_choice") or "{}")
-    try:
-        return choose_index(catalog.count("ok"), dim, raw.get("kind", AUTO), raw.get("max_memory") or None)
-    except IndexConfigError as exc:
-        log.warning("%s; using a flat index", exc)
-        return IndexSpec("flat")
-
-
-def _build_from_catalog(catalog: Catalog, dim: int, spec: IndexSpec | None = None) -> VectorIndex:
-    """Build an index from the stored vectors: trained on a seeded sample, tuned and measured on held-out queries.
-
-    The queries for tuning and for the stored recall are `recall_queries` made from a
-    sample of the stored vectors, plus up to a fifth of them from the text collection
-    (real text embeddings) when it has any.
-    """
-    spec = spec or _stored_spec(catalog, dim)
-    n = catalog.count("ok")
-    if spec.needs_training and not n:
-        spec = IndexSpec("flat")  # nothing to train on yet; the next index run fits it
-    train = queries = None
-    if spec.kind != "flat" and n:
-        rng = np.random.default_rng(0)
-        ids = catalog.ok_ids()
-        sample_ids = np.sort(rng.choice(ids, min(n, TRAIN_MAX if spec.needs_training else 20_000), replace=False))
-        found = catalog.vectors_for(sample_ids.tolist(), dim)
-        sample = np.stack([found[i] for i in sample_ids.tolist() if i in found]).astype(np.float32)
-        train = sample if spec.needs_training else None
-        queries = recall_queries(sample, RECALL_QUERIES, seed=1)
-        _, _, text_vecs = catalog.text_vectors(dim)
-        if len(text_vecs):
-            take = rng.choice(len(text_vecs), min(len(text_vecs), RECALL_QUERIES // 5), replace=False)
-            queries[: len(take)] = text_vecs[take]
-            queries = queries[rng.permutation(len(queries))]  # texts in both the tuning and the measuring half
-    return build_index(spec, dim, catalog.iter_vectors(dim), train=train, queries=queries,
-                       exact_vectors=exact_vectors_from(catalog, dim))
-
-
-def exact_vectors_from(catalog: Catalog, dim: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The catalog as the index's source of exact vectors, for re-ranking lossy codes."""
-    return functools.partial(catalog.vectors_of, dim=dim)
-
-
-def _load_or_rebuild_index(path: Path, catalog: Catalog, dim: int) -> VectorIndex:
-    """The saved index if it matches the catalog; otherwise it is repaired from stored vectors."""
-    if not path.exists():
-        if catalog.count("ok"):
-            log.warning("index file %s is missing; rebuilding it from %d stored vectors", path, catalog.count("ok"))
-        return _build_from_catalog(catalog, dim)
-    try:
-        index = VectorIndex.load(path)
-    except IndexFileError as exc:
-        log.warning("%s; rebuilding it from the stored vectors", exc)
-        return _build_from_catalog(catalog, dim)
-    if index.dim != dim:
-        log.warning("index %s has dimension %d, catalog %d; rebuilding", path, index.dim, dim)
-        return _build_from_catalog(catalog, dim)
-    if index.meta.generation != catalog.generation:
-        _reconcile(index, catalog, dim)
-    return index
-
-
 def _try_write_lock(folder: Path) -> IO[str] | None:
     """The library's write lock if no process holds it (close the file to release it), else None."""
     try:
@@ -531,38 +414,3 @@ def _try_write_lock(folder: Path) -> IO[str] | None:
         fh.close()
         return None
     return fh
-
-
-def _save_repaired(folder: Path, catalog: Catalog, index: VectorIndex, dim: int) -> None:
-    """Write an index repaired at open back, so the next open doesn't repeat the repair.
-
-    Only when no writer holds the lock (a writer saves its own index); otherwise the
-    repaired index serves this process from memory.
-    """
-    path = folder / INDEX_FILE
-    if not index.ntotal and not path.exists():
-        return  # a new, empty library
-    lock = _try_write_lock(folder)
-    if lock is None:
-        log.info("library %s is being written by another process; the repaired index is kept in memory", folder)
-        return
-    with lock:
-        remove_stale_temp_files(path)
-        _reconcile(index, catalog, dim)  # a writer may have committed since the repair, before we got the lock
-        try:
-            index.save(path, catalog.generation)
-        except ClipSearchError as exc:
-            log.warning("%s; the repaired index is used from memory", exc)
-
-
-def _reconcile(index: VectorIndex, catalog: Catalog, dim: int) -> None:
-    # After a crash the index may lag the catalog: add what's missing, drop what's gone.
-    have = index.ids()
-    want = catalog.ok_ids()
-    extra = np.setdiff1d(have, want)
-    missing = np.setdiff1d(want, have)
-    if len(extra):
-        index.remove(extra)
-    for ids, vecs in catalog.iter_vectors(dim, ids=missing.tolist()):
-        index.add(ids, vecs)
-    log.info("index reconciled with catalog: %d added, %d removed", len(missing), len(extra))
