@@ -37,7 +37,7 @@ class Served:
         return httpx.Client(base_url=self.url, timeout=20)
 
 
-def _serve(root: Path, auth: Any) -> Iterator[Served]:
+def _serve(root: Path, auth: Any, **serve_kwargs: Any) -> Iterator[Served]:
     from clipsearch import Library
     from clipsearch_ui import serve
     from clipsearch_ui import server as server_mod
@@ -50,7 +50,7 @@ def _serve(root: Path, auth: Any) -> Iterator[Served]:
     photos.update(write_colour_photos(root / "photos", ["yellow"]))
     saved_env = os.environ.get("GRADIO_TEMP_DIR")
     port = free_port()
-    demo = serve(library, port=port, auth=auth, block=False, on_ready=lambda url: None)
+    demo = serve(library, port=port, auth=auth, block=False, on_ready=lambda url: None, **serve_kwargs)
     try:
         yield Served(demo, port, root, library, photos)
     finally:

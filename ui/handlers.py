@@ -121,11 +121,11 @@ class Handlers:
         self.thumbs = Thumbnails(library)
         self.max_upload_bytes = max_upload_bytes
         # One caller at a time: the catalog's SQLite connection and the FAISS index are shared.
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
 
     @contextlib.contextmanager
     def _lib(self) -> Iterator["Library"]:
-        with self._lock:
+        with self.lock:
             yield self.library
 
     # -- helpers ------------------------------------------------------------------------

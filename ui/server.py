@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from clipsearch.errors import ClipSearchError
 
@@ -84,16 +84,28 @@ def blocked_paths(library: "Library", thumbs: Path) -> list[str]:
     return blocked
 
 
+def _gradio_login(app: Any) -> Callable[[Any], bool]:
+    """Whether a request carries the UI's login cookie (Gradio's App keeps the logged-in tokens)."""
+    def logged_in(request: Any) -> bool:
+        token = (request.cookies.get(f"access-token-{app.cookie_id}")
+                 or request.cookies.get(f"access-token-unsecure-{app.cookie_id}"))
+        return token is not None and app.tokens.get(token) is not None
+    return logged_in
+
+
 def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
           auth: tuple[str, str] | list[tuple[str, str]] | Callable[[str, str], bool] | None = None,
           share: bool = False, open_browser: bool = False, block: bool = True, *,
-          on_ready: Callable[[str], None] | None = None) -> "gr.Blocks":
-    """Launch the web UI over `library` and return the running app (`.close()` stops it).
+          on_ready: Callable[[str], None] | None = None, api_token: str | None = None,
+          serve_originals: bool = False) -> "gr.Blocks":
+    """Launch the web UI and the JSON API (at /api) over `library`; returns the running app (`.close()` stops it).
 
     `auth` is (user, password), a list of them, or a callable; `share=True` asks Gradio for a
-    public link (off by default: this serves private photos). With `block`, returns only when
-    the server stops (Ctrl-C). `on_ready(url)` is called once the server listens; without it
-    Gradio prints its own banner.
+    public link (off by default: this serves private photos). `api_token`: a secret that apps
+    send as `Authorization: Bearer TOKEN` (with a login or a token, the API wants one of them);
+    `serve_originals` lets the API send the photo files themselves. With `block`, returns only
+    when the server stops (Ctrl-C). `on_ready(url)` is called once the server listens; without
+    it Gradio prints its own banner.
     """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     _use_private_temp_dir(library)
@@ -107,7 +119,16 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
     if not is_loopback(host) and auth is None:
         log.warning("serving on %s without a login: anyone who can reach this address sees your photos", host)
     demo.queue(default_concurrency_limit=4)
-    app_kwargs = {}
+    from starlette.routing import Mount
+
+    from clipsearch_ui.api import API_PREFIX, Access, build_api
+
+    handlers = demo.clipsearch_handlers  # type: ignore[attr-defined]
+    access = Access(token=api_token, login_required=auth is not None)
+    api = build_api(library, access=access, lock=handlers.lock, thumbs=handlers.thumbs,
+                    serve_originals=serve_originals)
+    # Routes given to the app's constructor come before Gradio's own: /api is ours.
+    app_kwargs: dict = {"routes": [Mount(API_PREFIX, app=api)]}
     if is_loopback(host) and not share:
         # DNS rebinding: a web page whose name is made to resolve to 127.0.0.1 would be "same
         # origin" with the UI and could read the library through the visitor's browser.
@@ -125,6 +146,9 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
         run_history=False, footer_links=["settings"], auth_message="clipsearch: log in to see this photo library",
         app_kwargs=app_kwargs, **launch_kwargs(),
     )
+    if auth is not None:
+        access.logged_in = _gradio_login(demo.server_app)
+    demo.clipsearch_api = api  # type: ignore[attr-defined]
     if on_ready is not None:
         on_ready(demo.share_url or demo.local_url or f"http://{host}:{port}/")
     if block:

@@ -1,4 +1,4 @@
-"""`clipsearch serve`: the web UI over a library, private by default."""
+"""`clipsearch serve`: the web UI and the JSON API over a library, private by default."""
 from __future__ import annotations
 
 import argparse
@@ -7,9 +7,12 @@ import sys
 from clipsearch.cli.core import add_library_args, open_library
 from clipsearch.errors import ClipSearchError
 
+TOKEN_ENV = "CLIPSEARCH_API_TOKEN"  # the same name as clipsearch_ui.api.TOKEN_ENV (importing it needs Gradio)
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
+        from clipsearch_ui.api import read_token
         from clipsearch_ui.server import is_loopback, parse_auth, read_auth_file, serve
     except ImportError as exc:  # gradio is an optional extra
         raise ClipSearchError(f"the web UI needs Gradio ({exc.name} is missing): pip install 'clipsearch[ui]'") \
@@ -20,18 +23,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         auth = parse_auth(args.auth)
     elif args.auth_file:
         auth = read_auth_file(args.auth_file)
-    if not is_loopback(args.host) and auth is None:
+    token = read_token(args.api_token_file)
+    if not is_loopback(args.host) and auth is None and token is None:
         print(f"clipsearch: warning: serving on {args.host} without --auth: anyone who can reach it sees your photos",
+              file=sys.stderr)
+    elif not is_loopback(args.host) and auth is None:
+        print(f"clipsearch: warning: serving the web UI on {args.host} without --auth (the API needs the token)",
               file=sys.stderr)
     if args.share:
         print("clipsearch: warning: --share publishes this UI on a public gradio.live link", file=sys.stderr)
 
     def ready(url: str) -> None:
-        print(f"clipsearch UI: {url}  (Ctrl-C to stop)", flush=True)
+        api = f"{url.rstrip('/')}/api/docs"
+        print(f"clipsearch UI: {url}  API: {api}{' (token needed)' if token else ''}  (Ctrl-C to stop)", flush=True)
 
     with open_library(args) as lib:
         serve(lib, host=args.host, port=args.port, auth=auth, share=args.share, open_browser=not args.no_browser,
-              block=True, on_ready=ready)
+              block=True, on_ready=ready, api_token=token, serve_originals=args.serve_originals)
     return 0
 
 
@@ -51,5 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="require a login from FILE's user:password lines")
     p.add_argument("--share", action="store_true",
                    help="also publish a temporary public gradio.live link (off by default)")
+    p.add_argument("--api-token-file", metavar="FILE", default=None,
+                   help=f"a secret (first line of FILE, mode 600) that apps send as 'Authorization: Bearer TOKEN' "
+                        f"to the JSON API at /api (default: ${{{TOKEN_ENV}}} when set)")
+    p.add_argument("--serve-originals", action="store_true",
+                   help="let the API send the photo files themselves (GET /api/photos/ID/original); off by default")
     p.add_argument("--no-browser", action="store_true", help="don't open a browser tab")
     p.set_defaults(func=_cmd_serve)
