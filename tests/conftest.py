@@ -12,6 +12,11 @@ os.environ.setdefault("CLIPSEARCH_OFFLINE", "1")
 # Images encode with torch in tests (deterministic, and no ONNX export into ~/.cache);
 # tests/test_indexer_parallel.py tries the "auto" and onnxruntime backends explicitly.
 os.environ["CLIPSEARCH_IMAGE_BACKEND"] = "torch"
+# Text-tower exports for the torch-free query path go to one temporary folder per test run.
+if "CLIPSEARCH_ONNX_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["CLIPSEARCH_ONNX_CACHE"] = tempfile.mkdtemp(prefix="clipsearch-test-onnx-")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from fakes import FakeEncoder, write_colour_photos  # noqa: E402

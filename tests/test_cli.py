@@ -23,6 +23,7 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return FakeEncoder(model, pretrained)
 
     monkeypatch.setattr(clipsearch.library, "_load_encoder", fake_load)
+    monkeypatch.setenv("CLIPSEARCH_FAST_PATH", "0")  # a fake model has no exported text tower
     monkeypatch.delenv("CLIPSEARCH_LIBRARY", raising=False)
     return calls
 

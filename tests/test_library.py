@@ -31,6 +31,7 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         return FakeEncoder(model, pretrained)
 
     monkeypatch.setattr(clipsearch.library, "_load_encoder", fake_load)
+    monkeypatch.setenv("CLIPSEARCH_FAST_PATH", "0")  # a fake model has no exported text tower
     return calls
 
 

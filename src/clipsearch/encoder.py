@@ -57,6 +57,11 @@ class Encoder(Protocol):
     def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray: ...
 
 
+def onnx_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ONNX exports are cached: `cache_dir`, else $CLIPSEARCH_ONNX_CACHE, else ~/.cache/clipsearch/onnx."""
+    return Path(cache_dir or os.environ.get(ONNX_CACHE_ENV) or Path.home() / ".cache" / "clipsearch" / "onnx")
+
+
 def _config_dir() -> Path:
     return Path(str(resources.files("clipsearch") / "model_configs"))
 
@@ -325,7 +330,7 @@ class ClipEncoder:
                              "pip install 'clipsearch[onnx]'") from exc
         if self.device != "cpu" or self.image_size is None:
             raise ModelError(f"the onnxruntime image backend runs {self.name} on the CPU only (device is {self.device})")
-        folder = Path(cache_dir or os.environ.get(ONNX_CACHE_ENV) or Path.home() / ".cache" / "clipsearch" / "onnx")
+        folder = onnx_cache_dir(cache_dir)
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
         path = folder / f"{safe_name}-{self._visual_digest()}-opset{_ONNX_OPSET}.onnx"
         if not path.is_file():
@@ -617,3 +622,137 @@ def load_encoder(model: str = DEFAULT_MODEL, pretrained: str | None = BUNDLED_TA
         except ModelError as exc:
             log.warning("%s; encoding images with torch", exc)
     return encoder
+
+
+FAST_PATH_ENV = "CLIPSEARCH_FAST_PATH"
+
+
+def fast_path_enabled(fast_path: bool | None = None) -> bool:
+    """`fast_path` if given, else False only when $CLIPSEARCH_FAST_PATH is 0/false/no/off."""
+    if fast_path is not None:
+        return fast_path
+    return os.environ.get(FAST_PATH_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+class LazyEncoder:
+    """A library's model, loaded only as far as the work at hand needs.
+
+    Texts go through the torch-free path (`clipsearch.text_onnx`: the exported text tower
+    and `clipsearch.tokenizer`), so a query imports neither torch nor open_clip. The
+    open_clip model loads on first need: encoding images or pixels, a model whose text
+    tower has no export yet (which it then exports, once, and says so), or one that cannot
+    have one (recorded, so later queries go to torch at once). A sync with nothing to
+    encode never loads it. With `fast_path=False` texts go through torch too.
+    """
+
+    def __init__(self, name: str, pretrained: str | None, dim: int, *, device: str | None = None,
+                 image_backend: str | None = None, fast_path: bool | None = None,
+                 cache_dir: str | os.PathLike | None = None, full: "Encoder | None" = None,
+                 load: "Callable[[], Encoder] | None" = None) -> None:
+        """`full`: the model if already loaded; `load`: how to load it (default `load_encoder`)."""
+        import threading
+
+        self.name = name
+        self.pretrained = pretrained
+        self.dim = dim
+        self.device = device
+        self.image_backend_choice = image_backend
+        self.fast_path = fast_path_enabled(fast_path) and device in (None, "cpu")
+        self.cache_dir = cache_dir
+        self._full = full
+        self._load = load
+        self._text: Any = _UNCHECKED
+        self._lock = threading.RLock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the open_clip (torch) model has been loaded in this process."""
+        return self._full is not None
+
+    @property
+    def full(self) -> "Encoder":
+        """The open_clip model, loaded on first use."""
+        with self._lock:
+            if self._full is None:
+                self._full = self._load() if self._load is not None else load_encoder(
+                    self.name, self.pretrained, device=self.device, image_backend=self.image_backend_choice)
+                if self._full.dim != self.dim:
+                    raise ModelError(f"model {self.name} gives {self._full.dim}-d vectors, expected {self.dim}")
+            return self._full
+
+    @property
+    def text_backend(self) -> str:
+        """"onnxruntime" when texts are encoded without torch, else "torch" (checked on first call)."""
+        return "onnxruntime" if self._text_encoder() is not None else "torch"
+
+    def _text_encoder(self) -> Any:
+        with self._lock:
+            if self._text is not _UNCHECKED:
+                return self._text
+            self._text = None
+            if not self.fast_path or not _installed("onnxruntime"):
+                return None
+            from clipsearch import text_onnx
+
+            record = text_onnx.find_export(self.name, self.pretrained, self.cache_dir)
+            if record is not None and record.dim != self.dim:
+                log.warning("the text tower export of %s gives %d-d vectors, the library holds %d-d ones; "
+                            "encoding texts with torch", self.name, record.dim, self.dim)
+                return None
+            if record is None:
+                full = self.full
+                if not isinstance(full, ClipEncoder) or not _installed("onnx"):
+                    return None
+                try:
+                    record = text_onnx.export_text_tower(full, self.pretrained, self.cache_dir)
+                except ModelError as exc:
+                    log.warning("%s; encoding texts with torch", exc)
+                    return None
+                if record.usable:
+                    log.warning("exported the text tower of %s for torch-free queries in %.1f s (once; "
+                                "cosine to torch %.6f)", self.name, record.export_seconds, record.min_cosine)
+                else:
+                    log.warning("%s: no torch-free queries (%s); texts are encoded with torch", self.name,
+                                record.reason)
+            if record.usable:
+                try:
+                    self._text = text_onnx.OnnxTextEncoder(record, self.cache_dir)
+                except ModelError as exc:
+                    log.warning("%s; encoding texts with torch", exc)
+            return self._text
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(N, dim) float32 unit rows; torch-free when the model's text tower is exported."""
+        text = self._text_encoder()
+        if text is None:
+            return self.full.encode_texts(texts, batch_size=batch_size)
+        return text.encode_texts(texts, batch_size=batch_size)
+
+    def encode_images(self, images: Sequence["Image.Image"], batch_size: int = 64) -> np.ndarray:
+        return self.full.encode_images(images, batch_size=batch_size)
+
+    # What the indexer looks for when it has photos to encode: each loads the model and
+    # hands over the model's own capability, or None where the model lacks it.
+    @property
+    def image_size(self) -> int | None:
+        return getattr(self.full, "image_size", None)
+
+    @property
+    def pixel_spec(self) -> Any:
+        return getattr(self.full, "pixel_spec", None)
+
+    @property
+    def image_backend(self) -> str:
+        return getattr(self.full, "image_backend", "torch")
+
+    @property
+    def encode_pixels(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        return getattr(self.full, "encode_pixels", None)
+
+    @property
+    def prepare_bulk_encoding(self) -> Callable[[int], None] | None:
+        return getattr(self.full, "prepare_bulk_encoding", None)
+
+    @property
+    def image_threads(self) -> Callable[[int], contextlib.AbstractContextManager[None]] | None:
+        return getattr(self.full, "image_threads", None)

@@ -77,7 +77,7 @@ class Library:
 
     def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex | LibraryIndex, *, model: str,
                  pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None,
-                 image_backend: str | None = None) -> None:
+                 image_backend: str | None = None, fast_path: bool | None = None) -> None:
         self.folder = folder
         self.catalog = catalog
         self.indexes = index if isinstance(index, LibraryIndex) else LibraryIndex(folder / INDEX_FILE, catalog, index)
@@ -86,6 +86,7 @@ class Library:
         self.pretrained = pretrained
         self.device = device
         self.image_backend = image_backend  # for the encoder loaded on first use: see load_encoder
+        self.fast_path = fast_path  # texts without torch: see clipsearch.encoder.LazyEncoder
         self._encoder = encoder
         self._writing = False  # this object holds the write lock (see refresh)
         self._swapping = threading.Lock()  # refresh's swap vs a writer taking over
@@ -103,7 +104,7 @@ class Library:
     @classmethod
     def open(cls, folder: str | os.PathLike, model: str | None = None, pretrained: str | None = _UNSET, *,
              encoder: "Encoder | None" = None, device: str | None = None, create: bool = True,
-             image_backend: str | None = None) -> "Library":
+             image_backend: str | None = None, fast_path: bool | None = None) -> "Library":
         """Open (or create) the library in `folder`.
 
         A new library uses `model`/`pretrained` (default: the bundled toyworld model); an
@@ -111,6 +112,10 @@ class Library:
         ModelMismatchError. Pass `encoder` to use an already loaded (or fake) encoder.
         `image_backend` ("auto", "torch", "onnxruntime"; default $CLIPSEARCH_IMAGE_BACKEND,
         else auto) is how a loaded model encodes images: see `clipsearch.encoder.load_encoder`.
+        The library's own model loads only as far as work needs it: queries encode texts
+        without torch once the model's text tower is exported (`fast_path=False`, or
+        $CLIPSEARCH_FAST_PATH=0, keeps them on torch), and a sync with nothing new to encode
+        loads no model at all; see `clipsearch.encoder.LazyEncoder`.
         """
         from clipsearch.encoder import DEFAULT_MODEL, default_pretrained
 
@@ -131,7 +136,8 @@ class Library:
                 if pretrained is _UNSET:
                     pretrained = default_pretrained(model)
                 if encoder is None:
-                    encoder = _load_encoder(model, pretrained, device, image_backend=image_backend)
+                    encoder = _lazy_encoder(model, pretrained, device, image_backend, fast_path,
+                                            full=_load_encoder(model, pretrained, device, image_backend=image_backend))
                 catalog.set_meta("model", model)
                 catalog.set_meta("pretrained", _pretrained_key(pretrained))
                 catalog.set_meta("dim", str(encoder.dim))
@@ -154,7 +160,7 @@ class Library:
             catalog.close()
             raise
         return cls(folder, catalog, index, model=model, pretrained=pretrained, encoder=encoder, device=device,
-                   image_backend=image_backend)
+                   image_backend=image_backend, fast_path=fast_path)
 
     def close(self) -> None:
         self.catalog.close()
@@ -167,9 +173,10 @@ class Library:
 
     @property
     def encoder(self) -> "Encoder":
-        """The model, loaded on first use and kept for every later query."""
+        """The model, loaded as far as each use needs and kept for every later query (see LazyEncoder)."""
         if self._encoder is None:
-            self._encoder = _load_encoder(self.model, self.pretrained, self.device, image_backend=self.image_backend)
+            self._encoder = _lazy_encoder(self.model, self.pretrained, self.device, self.image_backend, self.fast_path,
+                                          dim=self.dim)
         return self._encoder
 
     @property
@@ -400,6 +407,15 @@ def _load_encoder(model: str, pretrained: str | None, device: str | None, *,
     from clipsearch.encoder import load_encoder
 
     return load_encoder(model, pretrained, device=device, image_backend=image_backend)
+
+
+def _lazy_encoder(model: str, pretrained: str | None, device: str | None, image_backend: str | None,
+                  fast_path: bool | None, *, full: "Encoder | None" = None, dim: int | None = None) -> "Encoder":
+    from clipsearch.encoder import LazyEncoder
+
+    return LazyEncoder(model, pretrained, full.dim if full is not None else int(dim or 0), device=device,
+                       image_backend=image_backend, fast_path=fast_path, full=full,
+                       load=lambda: _load_encoder(model, pretrained, device, image_backend=image_backend))
 
 
 def _try_write_lock(folder: Path) -> IO[str] | None:

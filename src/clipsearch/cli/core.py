@@ -30,6 +30,9 @@ def add_library_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
         p.add_argument("--pretrained", default=None,
                        help="pretrained tag, checkpoint file, 'bundled' or 'none' (random weights)")
         p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+        p.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
+                       help="encode query texts with torch and open_clip instead of the exported text tower "
+                            "(slower start; $CLIPSEARCH_FAST_PATH=0 does the same)")
 
 
 def open_library(args: argparse.Namespace, *, create: bool = False) -> Any:
@@ -40,7 +43,8 @@ def open_library(args: argparse.Namespace, *, create: bool = False) -> Any:
         pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
     return Library.open(args.library or default_library(), model=getattr(args, "model", None),
                         pretrained=pretrained, device=getattr(args, "device", None), create=create,
-                        image_backend=getattr(args, "image_backend", None))
+                        image_backend=getattr(args, "image_backend", None),
+                        fast_path=getattr(args, "fast_path", None))
 
 
 def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
