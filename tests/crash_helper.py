@@ -68,10 +68,10 @@ def install_kill_point(point: str, n: int) -> None:
     if point == "transaction":
         real_failures = Catalog.add_failures
 
-        def add_failures(self, failures):  # runs inside the chunk's transaction, after add_images
+        def add_failures(self, failures, **kwargs):  # runs inside the chunk's transaction, after add_images
             if nth():
                 die()
-            return real_failures(self, failures)
+            return real_failures(self, failures, **kwargs)
 
         Catalog.add_failures = add_failures
     elif point == "index-add":

@@ -209,11 +209,13 @@ def test_a_file_that_vanishes_between_scan_and_decode_is_skipped(tmp_path: Path,
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
         report = lib.index(tmp_path / "photos")
         assert report.added == 7
-        assert [(s.path, s.reason) for s in report.skipped] == [(colour_photos["red"], "file does not exist")]
+        assert [(s.path, s.reason, s.retry) for s in report.skipped] == [
+            (colour_photos["red"], "file does not exist", True)]
+        assert lib.catalog.find_path(colour_photos["red"]) is None  # not the file's fault: nothing remembered
         _consistent(lib)
         monkeypatch.undo()
         again = lib.index(tmp_path / "photos")
-        assert (again.added, again.removed, again.unchanged) == (0, 1, 7)  # its error row is dropped
+        assert (again.added, again.removed, again.unchanged, again.skipped) == (0, 0, 7, [])
         assert lib.catalog.find_path(colour_photos["red"]) is None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import clipsearch.library
 from clipsearch import ImageLoadError, Library, ModelError
 from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.images import load_image
-from clipsearch.indexer import DECODER_DIED, Indexer, IndexReport, _decode, _DecodeStream
+from clipsearch.indexer import DECODER_CRASHED, Indexer, IndexReport, _decode, _DecodeStream
 from clipsearch.scan import scan
 
 TINY_CONFIG = {
@@ -157,9 +158,9 @@ def test_an_encoder_failure_in_the_pixel_path_costs_one_file(
 
 
 def crash_on_marked_files(record, target_size, spec):
-    """A decode function for the workers that kills its process on files named *crash*."""
+    """A decode function for the workers that crashes its process (SIGSEGV) on files named *crash*."""
     if "crash" in os.path.basename(record.path):
-        os._exit(1)
+        os.kill(os.getpid(), signal.SIGSEGV)
     return _decode(record, target_size, spec)
 
 
@@ -171,8 +172,9 @@ def test_a_decoder_crash_costs_only_the_file_it_was_on(tmp_path: Path) -> None:
     with stream:
         results = list(stream)
     assert [r.record.path for r in results] == [r.path for r in records]
-    errors = {os.path.basename(r.record.path): r.error for r in results if r.error}
-    assert errors == {"crash.jpg": DECODER_DIED}
+    errors = {os.path.basename(r.record.path): (r.error, r.retry) for r in results if r.error}
+    # Crashed twice, in two fresh processes: the file's own fault, remembered (until the decoders change).
+    assert errors == {"crash.jpg": (DECODER_CRASHED.format(how="crashed (SIGSEGV)"), False)}
     assert all(r.image is not None for r in results if r.error is None)
 
 

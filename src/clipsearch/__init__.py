@@ -12,6 +12,7 @@ from clipsearch.errors import (
     DatasetError,
     ImageLoadError,
     IndexFileError,
+    IndexingError,
     LibraryLockedError,
     ModelError,
     ModelMismatchError,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Library", "Hit", "TextHit", "ClipSearchError", "CatalogError", "ImageLoadError",
-    "IndexFileError", "LibraryLockedError", "ModelError", "ModelMismatchError",
+    "IndexFileError", "IndexingError", "LibraryLockedError", "ModelError", "ModelMismatchError",
     "PhotoRootError", "QueryError", "SchemaVersionError", "WeightsUnavailableError", "DatasetError", "TrainingError",
 ]
 

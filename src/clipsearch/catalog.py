@@ -121,8 +121,16 @@ class Catalog:
                     f"{self.path} has catalog schema version {version}, newer than this clipsearch "
                     f"understands ({SCHEMA_VERSION}); upgrade clipsearch to open it")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0')")
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since schema 1, which older clipsearch versions ignore (they name their columns)."""
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+        if "error_stack" not in have:
+            # The decoder stack (images.decoder_stack) that judged a failed file: another one retries it.
+            self._db.execute("ALTER TABLE images ADD COLUMN error_stack TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -233,15 +241,27 @@ class Catalog:
                 self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)", (cur.lastrowid, _blob(im.vector)))
         return ids
 
-    def add_failures(self, failures: Sequence[tuple[str, int, int, str]]) -> None:
-        """Record files that could not be indexed as (path, size, mtime_ns, reason), so they aren't retried until they change."""
+    def add_failures(self, failures: Sequence[tuple[str, int, int, str]], *, stack: str | None = None) -> None:
+        """Record files that could not be indexed as (path, size, mtime_ns, reason), so they aren't retried until they change.
+
+        `stack`: the decoder stack that judged them (`images.decoder_stack()`); a sync run
+        by another stack tries them again (`failures_from_other_stack`).
+        """
         now = time.time()
         with self.transaction():
             for path, size, mtime_ns, reason in failures:
                 self._db.execute("DELETE FROM images WHERE path=?", (path,))
                 self._db.execute(
-                    "INSERT INTO images(path, size, mtime_ns, status, error, indexed_at) VALUES (?, ?, ?, 'error', ?, ?)",
-                    (path, size, mtime_ns, reason, now))
+                    "INSERT INTO images(path, size, mtime_ns, status, error, indexed_at, error_stack) "
+                    "VALUES (?, ?, ?, 'error', ?, ?, ?)", (path, size, mtime_ns, reason, now, stack))
+
+    def failures_from_other_stack(self, root: str, stack: str) -> set[str]:
+        """Paths under `root` stored as failed by a decoder stack other than `stack` (or an unknown one)."""
+        lo, hi = _prefix_bounds(root)
+        rows = self._db.execute(
+            "SELECT path FROM images WHERE status='error' AND path >= ? AND path < ? "
+            "AND (error_stack IS NULL OR error_stack != ?)", (lo, hi, stack))
+        return {r[0] for r in rows}
 
     def remove_images(self, ids: Iterable[int]) -> int:
         ids = [int(i) for i in ids]

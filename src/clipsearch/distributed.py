@@ -53,7 +53,7 @@ import numpy as np
 
 from clipsearch.catalog import NewImage
 from clipsearch.errors import ClipSearchError, ImageLoadError
-from clipsearch.images import PixelSpec, load_image, to_pixels
+from clipsearch.images import PixelSpec, decoder_stack, load_image, to_pixels
 from clipsearch.indexer import IndexReport, SkippedFile, SyncPlan, plan_sync
 from clipsearch.scan import FileRecord
 
@@ -509,7 +509,7 @@ def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: SyncPlan, 
     replaced += [plan.known[f[0]].id for f in failures if f[0] in plan.known]
     with lib.catalog.transaction():
         ids = lib.catalog.add_images(new_rows)
-        lib.catalog.add_failures(failures)
+        lib.catalog.add_failures(failures, stack=decoder_stack())
     if update_index:
         if replaced:
             lib.vector_index.remove(np.array(replaced, dtype=np.int64))

@@ -19,12 +19,25 @@ class ModelMismatchError(ClipSearchError):
 
 
 class ImageLoadError(ClipSearchError):
-    """A file could not be decoded into an RGB image; `path` and `reason` say which and why."""
+    """A file could not be decoded into an RGB image; `path` and `reason` say which and why.
 
-    def __init__(self, path: object, reason: str) -> None:
+    `transient`: the fault is not the file's bytes (it could not be read just now: gone,
+    permissions, an I/O error, out of memory, changed while read), so an indexer tries it
+    again next run instead of remembering it as failed.
+    """
+
+    def __init__(self, path: object, reason: str, *, transient: bool = False) -> None:
         self.path = str(path)
         self.reason = reason
+        self.transient = transient
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self) -> tuple:
+        return _image_load_error, (self.path, self.reason, self.transient)
+
+
+def _image_load_error(path: str, reason: str, transient: bool) -> ImageLoadError:
+    return ImageLoadError(path, reason, transient=transient)
 
 
 class CatalogError(ClipSearchError):
@@ -57,3 +70,7 @@ class DatasetError(ClipSearchError):
 
 class TrainingError(ClipSearchError):
     """A training run cannot start or continue as asked."""
+
+
+class IndexingError(ClipSearchError):
+    """An indexing run stopped: every file of a batch failed the same way, for a reason not their own."""

@@ -8,6 +8,7 @@ processes can prepare model input without importing torch.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import logging
@@ -31,6 +32,7 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "SUPPORTED_EXTENSIONS",
     "PixelSpec",
+    "decoder_stack",
     "is_supported",
     "load_image",
     "to_pixels",
@@ -69,6 +71,28 @@ _ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
 }
 
 _heif_registered = False
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_stack() -> str:
+    """The versions of everything that decides whether a file decodes, as one string.
+
+    Stored with each remembered failure: a failure judged by another stack (Pillow,
+    pillow-heif, rawpy or clipsearch upgraded since) is tried again.
+    """
+    from importlib import metadata
+
+    import PIL
+
+    from clipsearch import __version__
+
+    parts = [f"clipsearch {__version__}", f"Pillow {PIL.__version__}"]
+    for dist in ("pillow-heif", "rawpy"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} none")
+    return "; ".join(parts)
 
 
 def is_supported(path: str | os.PathLike[str]) -> bool:
@@ -111,7 +135,7 @@ def load_image(
             # O_NONBLOCK: a file swapped for a FIFO since the check above can't block the open.
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as e:
-            raise ImageLoadError(label, _os_reason(e)) from e
+            raise ImageLoadError(label, _os_reason(e), transient=True) from e
         with open(fd, "rb") as fh:
             # Checked again on what was opened, which may not be what `path` named a moment ago.
             before = os.fstat(fh.fileno())
@@ -120,7 +144,7 @@ def load_image(
             after = os.fstat(fh.fileno())
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise ImageLoadError(label, "file changed while it was being read; index again to pick up "
-                                        "the new version")
+                                        "the new version", transient=True)
         # The (size, mtime) of the version decoded: a catalog must not claim a newer one.
         image.info["file_stat"] = (before.st_size, before.st_mtime_ns)
         return image
@@ -183,7 +207,7 @@ def _check_file(path: str, label: str, max_bytes: int) -> None:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise ImageLoadError(label, _os_reason(e)) from e
+        raise ImageLoadError(label, _os_reason(e), transient=True) from e
     _check_stat(st, label, max_bytes)
 
 
@@ -219,7 +243,7 @@ def _bounded_stream(stream: BinaryIO, label: str, max_bytes: int) -> BinaryIO:
             return io.BytesIO(stream.read())
         data = stream.read(max_bytes + 1)
     except OSError as e:
-        raise ImageLoadError(label, _os_reason(e)) from e
+        raise ImageLoadError(label, _os_reason(e), transient=True) from e
     _check_byte_size(label, len(data), max_bytes)
     return io.BytesIO(data)
 
@@ -236,7 +260,11 @@ def _decode(fp: BinaryIO, label: str, target_size: int | None, max_pixels: int) 
     except Image.DecompressionBombError as e:
         raise ImageLoadError(label, _bomb_reason(e, max_pixels)) from e
     except MemoryError as e:
-        raise ImageLoadError(label, "not enough memory to read the image header") from e
+        raise ImageLoadError(label, "not enough memory to read the image header", transient=True) from e
+    except OSError as e:
+        if e.errno is not None:  # the disk's fault (EIO, a network share gone), not the bytes'
+            raise ImageLoadError(label, _os_reason(e), transient=True) from e
+        raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
     except Exception as e:  # noqa: BLE001 - Pillow plugins raise many types on bad headers
         raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
 
@@ -245,7 +273,11 @@ def _decode(fp: BinaryIO, label: str, target_size: int | None, max_pixels: int) 
     except ImageLoadError:
         raise
     except MemoryError as e:
-        raise ImageLoadError(label, "not enough memory to decode the image") from e
+        raise ImageLoadError(label, "not enough memory to decode the image", transient=True) from e
+    except OSError as e:
+        if e.errno is not None:
+            raise ImageLoadError(label, _os_reason(e), transient=True) from e
+        raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
     except Exception as e:  # noqa: BLE001 - never let a raw PIL/OSError escape
         raise ImageLoadError(label, f"truncated or corrupt image data: {_describe(e)}") from e
     finally:

@@ -5,34 +5,39 @@ run resumes with only the files still missing. The indexer returns a report; it 
 
 Decoding a camera JPEG costs a third as much CPU as encoding it with ViT-B/32 even at
 1/8 scale (as much, at full size with the usual resize), so files are decoded in worker
-processes (a decoder crash costs one file, not the run), a bounded window ahead of the
-encoder, straight to the model's input pixels when the encoder can take them
-(`pixel_spec` / `encode_pixels`), else to PIL images for `encode_images`.
+processes (`clipsearch.workers`: they never run the caller's `__main__`, and a decoder
+crash costs one file, not the run), a bounded window ahead of the encoder, straight to the
+model's input pixels when the encoder can take them (`pixel_spec` / `encode_pixels`), else
+to PIL images for `encode_images`.
+
+Only a file's own faults are remembered in the catalog (not an image, truncated, corrupt,
+unsupported, over a cap, a decoder that crashes on its bytes twice), stamped with the
+decoder stack that judged it (`images.decoder_stack`): a later Pillow, pillow-heif, rawpy or
+clipsearch tries the file again. Everything else (a worker killed from outside or by the
+OOM killer, a timeout, an encoder or runtime error, a file that could not be read right
+now) is reported with `retry=True` and tried again by the next run; the same runtime
+failure on every file of a batch stops the run (`IndexingError`) with nothing recorded.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
-import select
-import signal
-import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
 from clipsearch.catalog import Catalog, NewImage
-from clipsearch.errors import ClipSearchError, ImageLoadError, PhotoRootError
-from clipsearch.images import PixelSpec, load_image, to_pixels
+from clipsearch.errors import ClipSearchError, ImageLoadError, IndexingError, PhotoRootError
+from clipsearch.images import PixelSpec, decoder_stack, load_image, to_pixels
 from clipsearch.index import VectorIndex
 from clipsearch.scan import FileRecord, scan
+from clipsearch.workers import WorkerDied, WorkerPool, WorkerStartError, WorkerTimeout, describe_exit
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,10 +49,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file that was not indexed, and why."""
+    """A file that was not indexed, and why.
+
+    `retry`: the failure was not the file's own (a worker killed from outside, a timeout,
+    an encoder error, a read error): nothing was recorded and the next run tries it again.
+    Otherwise the catalog remembers it until the file, or the decoder stack, changes.
+    """
 
     path: str
     reason: str
+    retry: bool = False
 
 
 @dataclass
@@ -64,6 +75,8 @@ class IndexReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    attempted: int = 0  # files this run tried to decode and encode
+    retried_failures: int = 0  # stored failures tried again (--retry-failed, or a new decoder stack)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,14 +90,38 @@ class IndexReport:
     def summary(self) -> str:
         parts = [f"{self.added} added", f"{self.updated} updated", f"{self.removed} removed",
                  f"{self.unchanged} unchanged", f"{len(self.skipped)} skipped"]
+        retry = sum(s.retry for s in self.skipped)
+        if retry:
+            parts[-1] += f" ({retry} to be tried again next run)"
         if self.previously_failed:
-            parts.append(f"{self.previously_failed} still failing from earlier runs")
+            parts.append(f"{self.previously_failed} still failing from earlier runs (--retry-failed tries them again)")
         return f"{self.root}: " + ", ".join(parts) + f" in {self.seconds:.1f}s"
+
+    @property
+    def all_failed(self) -> bool:
+        """True when the run tried files and every file under the root failed: none is indexed (the CLI exits 1).
+
+        One new broken photo in a library of good ones is not this: it is skipped and
+        remembered, and the run succeeds.
+        """
+        return self.attempted > 0 and self.added + self.updated + self.unchanged == 0
 
 
 # Below this many files a sync decodes in threads: starting worker processes costs more.
 PROCESS_MIN_FILES = 16
-DECODER_DIED = "the decoder process died on this file (a crash, or out of memory)"
+# A file whose decoder crashed (SIGSEGV, SIGABRT...) on its bytes in two fresh processes:
+# remembered, with the decoder stack, so that a fixed Pillow/pillow-heif/rawpy tries it again.
+DECODER_CRASHED = "the decoder crashed on this file's bytes twice ({how}); it is tried again when the decoders are upgraded"
+DECODER_KILLED = "the decoder process {how} while reading this file (out of memory, or killed from outside)"
+DECODE_TIMEOUT_S = 300.0
+DECODE_TIMED_OUT = f"decoding took longer than {DECODE_TIMEOUT_S:g} s"
+# Whose fault a failure is. FILE: the bytes' (remembered). READ: the file could not be read
+# just now (gone, permissions, I/O error, changed while read). RUNTIME: the machine's or the
+# model's (a worker killed, a timeout, an encoder error); both of these are tried again.
+FILE, READ, RUNTIME = "file", "read", "runtime"
+# A batch of at least this many files that all fail the same way, for a reason not their
+# own, stops the run: the fault is the machine's or the model's, not the files'.
+SYSTEMATIC_MIN = 4
 # The smallest batch sent to the model early, rather than waiting for a full one: on CPU a
 # ViT encodes 16 images nearly as fast per image as 64.
 MIN_EARLY_BATCH = 16
@@ -109,9 +146,12 @@ class SyncPlan:
 
 
 def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLike] = (),
-              allow_empty: bool = False) -> SyncPlan:
+              allow_empty: bool = False, retry_failed: bool = False) -> SyncPlan:
     """Scan `root` (absolute) and diff it against the catalog; the one diff both the
     single-machine and the Ray indexer use.
+
+    Unchanged files stored as failed are tried again when `retry_failed`, or when the
+    failure was recorded by another decoder stack (`images.decoder_stack`).
 
     Never counts as deleted: the photos of a root that is now empty (PhotoRootError,
     unless `allow_empty`), of a folder that could not be read, or of a drive that was
@@ -148,12 +188,17 @@ def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLik
     on_disk = {f.path for f in found.files}
     plan = SyncPlan(report, known=known)
     plan.gone = [row for path, row in known.items() if path not in on_disk and not _under_any(path, keep)]
+    stale = set() if retry_failed else catalog.failures_from_other_stack(root, decoder_stack())
     for rec in found.files:
         row = known.get(rec.path)
         if row is None or row.size != rec.size or row.mtime_ns != rec.mtime_ns:
             plan.todo.append(rec)
         elif row.status == "error":
-            report.previously_failed += 1
+            if retry_failed or rec.path in stale:
+                plan.todo.append(rec)
+                report.retried_failures += 1
+            else:
+                report.previously_failed += 1
         else:
             report.unchanged += 1
     return plan
@@ -187,6 +232,11 @@ class _Decoded:
     pixels: np.ndarray | None = None
     original_size: tuple[int, int] | None = None
     error: str | None = None
+    fault: str = "file"  # whose fault the error is: FILE (remembered), READ or RUNTIME (tried again next run)
+
+    @property
+    def retry(self) -> bool:
+        return self.error is not None and self.fault != FILE
 
 
 def _under_any(path: str, folders: Sequence[str]) -> bool:
@@ -221,12 +271,17 @@ class Indexer:
         self.save_every_s = save_every_s
 
     def sync(self, root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = (), progress: bool = False,
-             allow_empty: bool = False) -> IndexReport:
-        """Bring the catalog in line with the files under `root`; returns what changed."""
+             allow_empty: bool = False, retry_failed: bool = False) -> IndexReport:
+        """Bring the catalog in line with the files under `root`; returns what changed.
+
+        `retry_failed`: also try again the unchanged files stored as failed. Raises
+        IndexingError, with nothing recorded for the batch, when every file of a batch
+        fails the same way for a reason not its own (a broken encoder, decoders that die).
+        """
         started = time.monotonic()
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         self._index_behind = False
-        plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty)
+        plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty, retry_failed=retry_failed)
         report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
 
         if gone:
@@ -254,6 +309,7 @@ class Indexer:
     def _encode_all(self, todo: list[FileRecord], known: dict, report: IndexReport, progress: bool) -> None:
         if not todo:
             return
+        report.attempted = len(todo)
         from tqdm import tqdm
 
         prepare = getattr(self.encoder, "prepare_bulk_encoding", None)
@@ -311,16 +367,22 @@ class Indexer:
 
     def _store_chunk(self, decoded: list[_Decoded], encoded: list[_Decoded], vectors: np.ndarray,
                      encode_failures: list[tuple[FileRecord, str]], known: dict, report: IndexReport) -> None:
-        failures = [(d.record, d.error or "unknown error") for d in decoded if d.error is not None]
-        failures.extend(encode_failures)
+        own = [(d.record, d.error or "unknown error") for d in decoded if d.error is not None and not d.retry]
+        transient = [(d.record, d.error or "unknown error") for d in decoded if d.retry]
+        transient.extend(encode_failures)
+        if not encoded:
+            check_systematic([d.error or "" for d in decoded if d.fault == RUNTIME] +
+                             [reason for _, reason in encode_failures], len(decoded))
+        # A transient failure leaves the file's row as it was: the next run sees it changed (or new) again.
         replaced = [known[d.record.path].id for d in encoded if d.record.path in known]
-        replaced += [known[r.path].id for r, _ in failures if r.path in known]
+        replaced += [known[r.path].id for r, _ in own if r.path in known]
         new_rows = [NewImage(d.record.path, d.record.size, d.record.mtime_ns, v, *(d.original_size or (None, None)))
                     for d, v in zip(encoded, vectors)]
         self._index_behind = True
         with self.catalog.transaction():
             ids = self.catalog.add_images(new_rows)
-            self.catalog.add_failures([(r.path, r.size, r.mtime_ns, reason) for r, reason in failures])
+            self.catalog.add_failures([(r.path, r.size, r.mtime_ns, reason) for r, reason in own],
+                                      stack=decoder_stack())
         if replaced:
             self.index.remove(np.array(replaced, dtype=np.int64))
         self.index.add(np.array(ids, dtype=np.int64), vectors)
@@ -330,7 +392,8 @@ class Indexer:
                 report.updated += 1
             else:
                 report.added += 1
-        report.skipped.extend(SkippedFile(r.path, reason) for r, reason in failures)
+        report.skipped.extend(SkippedFile(r.path, reason) for r, reason in own)
+        report.skipped.extend(SkippedFile(r.path, reason, retry=True) for r, reason in transient)
 
     def _encode(self, batch: list[_Decoded], spec: PixelSpec | None
                 ) -> tuple[list[_Decoded], np.ndarray, list[tuple[FileRecord, str]]]:
@@ -351,34 +414,60 @@ class Indexer:
             try:
                 vectors.append(encode([d])[0])
                 encoded.append(d)
+            except ClipSearchError:
+                raise
             except Exception as exc:
                 failures.append((d.record, f"could not encode: {exc}"))
+        if not encoded:  # the same fault on every file: the model's, not theirs
+            check_systematic([reason for _, reason in failures], len(batch))
         return encoded, (np.stack(vectors) if vectors else np.zeros((0, self.encoder.dim), np.float32)), failures
+
+
+def check_systematic(reasons: Sequence[str], total: int) -> None:
+    """Raise IndexingError when all `total` files of a batch failed for a reason not their own.
+
+    `reasons`: the batch's runtime failures (workers killed, timeouts, encoder errors).
+    Nothing of the batch has been recorded when this raises.
+    """
+    if total < SYSTEMATIC_MIN or len(reasons) < total:
+        return
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    common, n = max(counts.items(), key=lambda kv: kv[1])
+    raise IndexingError(
+        f"every file of a batch of {total} failed ({n} with: {common}); this is not the files' fault, so the "
+        "run stopped and nothing was recorded against them. Fix the cause and run again: what was indexed "
+        "before is kept")
 
 
 class _DecodeStream:
     """The decoded files of `todo`, in order, decoded by a pool a bounded window ahead of the reader.
 
     The window bounds memory (at most `window` decoded files wait) and keeps the workers
-    busy while the reader encodes. Processes come from 'forkserver' (or 'spawn'), never
-    'fork': the parent holds torch's thread pool, which a forked child would inherit broken.
-    A worker that dies (a decoder crash, the OOM killer) costs the file it was on: the
-    files in flight are retried one at a time in a fresh pool to find it.
+    busy while the reader encodes. Processes are `clipsearch.workers.WorkerPool`'s: fresh
+    interpreters that never import the caller's `__main__` (nor inherit torch's thread
+    pool, as a fork would). Each worker decodes one file at a time, so a worker that dies
+    names its file: one killed from outside (SIGKILL: the OOM killer, a user) costs that
+    file this run only; one that crashes by itself (SIGSEGV, SIGABRT...) is given the file
+    once more in a fresh process, and a second crash is remembered as the file's fault.
+    Where worker processes cannot start, decoding falls back to threads, with a warning.
     """
 
     def __init__(self, todo: Sequence[FileRecord], target_size: int | None, spec: PixelSpec | None, *,
                  workers: int, processes: bool, window: int,
-                 decode: Callable[[FileRecord, int | None, PixelSpec | None], _Decoded] | None = None) -> None:
+                 decode: Callable[[FileRecord, int | None, PixelSpec | None], _Decoded] | None = None,
+                 timeout: float | None = DECODE_TIMEOUT_S) -> None:
         self.todo = todo
         self.args = (target_size, spec)
         self.decode = decode or _decode  # a module-level function: workers unpickle it by name
         self.workers = max(1, workers)
         self.processes = processes
         self.window = max(1, window)
+        self.timeout = timeout
         self._pool: Executor | None = None
         self._records = iter(todo)
         self._pending: deque[tuple[FileRecord, Future]] = deque()
-        self._suspects: deque[FileRecord] = deque()
 
     def __enter__(self) -> "_DecodeStream":
         self._pool = self._new_pool()
@@ -390,17 +479,15 @@ class _DecodeStream:
             self._pool = None
 
     def _new_pool(self) -> Executor:
-        if not self.processes:
-            return ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
-                                   initargs=(os.getpid(),))
-
-    def _restart(self) -> None:
-        assert self._pool is not None
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
+        if self.processes:
+            try:
+                pool = WorkerPool(self.workers, timeout=self.timeout)
+            except WorkerStartError as exc:
+                log.warning("%s; decoding in threads instead", exc)
+            else:
+                log.info("decoding in %d worker processes", self.workers)
+                return pool
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
 
     def _submit(self, record: FileRecord) -> Future:
         assert self._pool is not None, "use _DecodeStream in a with block"
@@ -410,75 +497,48 @@ class _DecodeStream:
         return self
 
     def __next__(self) -> _Decoded:
-        if self._suspects:  # after a worker died: one at a time until past the files it had
-            return self._decode_alone(self._suspects.popleft())
         self._top_up()
         if not self._pending:
             raise StopIteration
         record, future = self._pending.popleft()
-        try:
-            result = future.result()
-        except BrokenProcessPool:
-            self._suspects.extend(r for r, _ in self._pending)
-            self._pending.clear()
-            log.warning("a decoder process died; retrying %d files one at a time to find the one it was on",
-                        len(self._suspects) + 1)
-            self._restart()
-            return self._decode_alone(record)
-        except Exception as exc:  # e.g. a result that could not be sent back
-            log.warning("unexpected error decoding %s", record.path, exc_info=True)
-            result = _Decoded(record, error=f"unexpected error: {exc}")
+        result = self._result(record, future, again=True)
         self._top_up()  # before handing over, so the workers keep going while the reader encodes
         return result
 
+    def _result(self, record: FileRecord, future: Future, *, again: bool) -> _Decoded:
+        try:
+            return future.result()
+        except WorkerDied as exc:
+            if not exc.crashed:
+                log.warning("the decoder process %s on %s; it is tried again next run",
+                            describe_exit(exc.returncode), record.path)
+                return _Decoded(record, error=DECODER_KILLED.format(how=describe_exit(exc.returncode)), fault=RUNTIME)
+            if again:
+                log.warning("the decoder process %s on %s; trying it once more in a fresh process",
+                            describe_exit(exc.returncode), record.path)
+                return self._result(record, self._submit(record), again=False)
+            log.warning("the decoder crashed twice on %s: remembered as failed until the decoders change",
+                        record.path)
+            return _Decoded(record, error=DECODER_CRASHED.format(how=describe_exit(exc.returncode)), fault=FILE)
+        except WorkerTimeout:
+            log.warning("decoding %s took longer than %g s; it is tried again next run", record.path, self.timeout)
+            return _Decoded(record, error=DECODE_TIMED_OUT, fault=RUNTIME)
+        except WorkerStartError as exc:
+            return _Decoded(record, error=str(exc), fault=RUNTIME)
+        except Exception as exc:  # e.g. a result that could not be sent back
+            log.warning("unexpected error decoding %s", record.path, exc_info=True)
+            return _Decoded(record, error=f"unexpected error: {exc}", fault=RUNTIME)
+
     def next_ready(self) -> bool:
         """True when the next file is decoded already, so reading it will not wait."""
-        return not self._suspects and bool(self._pending) and self._pending[0][1].done()
+        return bool(self._pending) and self._pending[0][1].done()
 
     def _top_up(self) -> None:
-        while not self._suspects and len(self._pending) < self.window:
+        while len(self._pending) < self.window:
             record = next(self._records, None)
             if record is None:
                 return
             self._pending.append((record, self._submit(record)))
-
-    def _decode_alone(self, record: FileRecord) -> _Decoded:
-        try:
-            return self._submit(record).result()
-        except BrokenProcessPool:
-            log.warning("the decoder process died on %s", record.path)
-            self._restart()
-            return _Decoded(record, error=DECODER_DIED)
-
-
-def _worker_init(parent: int) -> None:
-    # Ctrl-C is the parent's to handle: it stops the pool; workers must not print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A parent killed outright (SIGKILL, the OOM killer) never stops the pool: the worker would
-    # wait on its queue forever and keep the forkserver and resource tracker alive with it.
-    threading.Thread(target=_exit_with, args=(parent,), name="exit-with-parent", daemon=True).start()
-
-
-def _exit_with(pid: int) -> None:
-    """Block until process `pid` ends, then end this process."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # before Linux 5.3, or not Linux; or already gone
-        while _alive(pid):
-            time.sleep(0.5)
-    else:
-        select.select([fd], [], [])  # a pidfd turns readable when its process ends
-    os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _decode(record: FileRecord, target_size: int | None, spec: PixelSpec | None) -> _Decoded:
@@ -486,10 +546,10 @@ def _decode(record: FileRecord, target_size: int | None, spec: PixelSpec | None)
     try:
         image = load_image(record.path, target_size=target_size)
     except ImageLoadError as exc:
-        return _Decoded(record, error=exc.reason)
-    except Exception as exc:  # a loader bug must cost one file, not the run
+        return _Decoded(record, error=exc.reason, fault=READ if exc.transient else FILE)
+    except Exception as exc:  # a loader bug must cost one file, not the run, and is not the file's fault
         log.warning("unexpected error decoding %s", record.path, exc_info=True)
-        return _Decoded(record, error=f"unexpected error: {exc}")
+        return _Decoded(record, error=f"unexpected error: {exc}", fault=RUNTIME)
     original_size = image.info.get("original_size")
     read = image.info.get("file_stat")
     if read is not None and read != (record.size, record.mtime_ns):
@@ -500,4 +560,4 @@ def _decode(record: FileRecord, target_size: int | None, spec: PixelSpec | None)
     try:
         return _Decoded(record, pixels=to_pixels(image, spec), original_size=original_size)
     except Exception as exc:  # as encode_images would have failed on it in the model's preprocess
-        return _Decoded(record, error=f"could not encode: {exc}")
+        return _Decoded(record, error=f"could not encode: {exc}", fault=RUNTIME)

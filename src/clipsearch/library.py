@@ -242,8 +242,13 @@ class Library:
 
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
               exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
-              max_memory: int | str | None = None, wait: float = 0.0) -> IndexReport:
+              max_memory: int | str | None = None, wait: float = 0.0, retry_failed: bool = False) -> IndexReport:
         """Index the photos under `root` incrementally: only new and changed files are encoded.
+
+        Files stored as failed are tried again when they change, when the decoders were
+        upgraded since, or with `retry_failed`. A failure that is not the file's own (a
+        decoder killed, a timeout, an encoder error) is never stored: the next run tries
+        the file again. Every file of a batch failing that way raises IndexingError.
 
         `index_kind` ("auto" or one of INDEX_KINDS) and `max_memory` (bytes or "600MB"; 0
         or "none" for no budget) change the library's index choice, kept for later runs.
@@ -256,7 +261,8 @@ class Library:
             self.indexes.set_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
                               batch_size=batch_size)
-            report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty)
+            report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty,
+                                  retry_failed=retry_failed)
             roots = set(self.roots())
             roots.add(report.root)
             self.catalog.set_meta("roots", sorted(roots))

@@ -115,14 +115,20 @@ def _cmd_index(args: argparse.Namespace) -> int:
         before = lib.vector_index
         for root in args.photos:
             report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude,
-                               wait=args.wait,
+                               wait=args.wait, retry_failed=args.retry_failed,
                                index_kind=args.index, max_memory=args.max_memory)
+            if report.all_failed:
+                # A run that indexed nothing of what it tried is trouble for a scheduled job, not a success.
+                status = 1
+                print(f"clipsearch: error: none of the {report.attempted} files tried under {report.root} could be "
+                      "indexed, and none is indexed from it; see the reasons listed (clipsearch info --failures)",
+                      file=sys.stderr)
             if args.json:
                 reports.append(report.to_dict())
                 continue
             print(report.summary())
             for s in report.skipped[: args.show_skipped]:
-                print(f"  skipped {s.path}: {s.reason}")
+                print(f"  skipped {s.path}: {s.reason}" + (" (tried again next run)" if s.retry else ""))
             if len(report.skipped) > args.show_skipped:
                 print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
         if args.json:
@@ -254,6 +260,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "images from the library (they are kept otherwise: an unplugged drive is not a deletion)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATH", help="skip this folder (repeatable)")
     p.add_argument("--show-skipped", type=int, default=20, metavar="N", help="list at most N skipped files")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="try again the unchanged files stored as failed (they are tried again anyway when they "
+                        "change, or when Pillow, pillow-heif, rawpy or clipsearch was upgraded since)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--image-backend", default=None, choices=["auto", "torch", "onnxruntime"],
                    help="what encodes the photos on the CPU: auto (default, $CLIPSEARCH_IMAGE_BACKEND: "
