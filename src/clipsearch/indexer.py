@@ -72,7 +72,9 @@ class IndexReport:
     removed: int = 0
     unchanged: int = 0
     previously_failed: int = 0  # unchanged files that failed before and were not retried
+    waiting: int = 0  # new or changed files held back (still being written): the next sync takes them
     skipped: list[SkippedFile] = field(default_factory=list)
+    unmounted: list[str] = field(default_factory=list)  # drives mounted inside the root at the last sync, not now
     seconds: float = 0.0
     interrupted: bool = False
     attempted: int = 0  # files this run tried to decode and encode
@@ -95,6 +97,10 @@ class IndexReport:
             parts[-1] += f" ({retry} to be tried again next run)"
         if self.previously_failed:
             parts.append(f"{self.previously_failed} still failing from earlier runs (--retry-failed tries them again)")
+        if self.waiting:
+            parts.append(f"{self.waiting} still being written")
+        if self.interrupted:
+            parts.append("stopped early")
         return f"{self.root}: " + ", ".join(parts) + f" in {self.seconds:.1f}s"
 
     @property
@@ -146,7 +152,8 @@ class SyncPlan:
 
 
 def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLike] = (),
-              allow_empty: bool = False, retry_failed: bool = False) -> SyncPlan:
+              allow_empty: bool = False, retry_failed: bool = False,
+              defer: Callable[[FileRecord], bool] | None = None) -> SyncPlan:
     """Scan `root` (absolute) and diff it against the catalog; the one diff both the
     single-machine and the Ray indexer use.
 
@@ -156,7 +163,9 @@ def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLik
     Never counts as deleted: the photos of a root that is now empty (PhotoRootError,
     unless `allow_empty`), of a folder that could not be read, or of a drive that was
     mounted inside the root at the last sync and is not now (kept and reported, unless
-    `allow_empty`). Records the mount points seen, for the next sync.
+    `allow_empty`). Records the mount points seen, for the next sync. A new or changed
+    file for which `defer` returns True (a watcher's "still being written") is left as
+    it is, counted in `waiting`.
     """
     report = IndexReport(root=root)
     found = scan(root, exclude=exclude)
@@ -179,6 +188,7 @@ def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLik
         if count and not allow_empty:
             keep.append(mount)
             remembered.add(mount)
+            report.unmounted.append(mount)
             report.skipped.append(SkippedFile(mount, _not_mounted(count)))
             log.warning("%s: %s", mount, _not_mounted(count))
     if sorted(remembered) != sorted(mounts.get(root, [])):
@@ -192,7 +202,10 @@ def plan_sync(catalog: Catalog, root: str, *, exclude: Iterable[str | os.PathLik
     for rec in found.files:
         row = known.get(rec.path)
         if row is None or row.size != rec.size or row.mtime_ns != rec.mtime_ns:
-            plan.todo.append(rec)
+            if defer is not None and defer(rec):
+                report.waiting += 1
+            else:
+                plan.todo.append(rec)
         elif row.status == "error":
             if retry_failed or rec.path in stale:
                 plan.todo.append(rec)
@@ -269,19 +282,25 @@ class Indexer:
         self.processes = processes
         self.encode_threads = encode_threads
         self.save_every_s = save_every_s
+        self._stop: threading.Event | None = None
 
     def sync(self, root: str | os.PathLike, *, exclude: Iterable[str | os.PathLike] = (), progress: bool = False,
-             allow_empty: bool = False, retry_failed: bool = False) -> IndexReport:
+             allow_empty: bool = False, retry_failed: bool = False, defer: Callable[[FileRecord], bool] | None = None,
+             stop: threading.Event | None = None) -> IndexReport:
         """Bring the catalog in line with the files under `root`; returns what changed.
 
         `retry_failed`: also try again the unchanged files stored as failed. Raises
         IndexingError, with nothing recorded for the batch, when every file of a batch
         fails the same way for a reason not its own (a broken encoder, decoders that die).
+        `defer`: see `plan_sync`. `stop`: once set, the sync ends after the chunk it is
+        storing (`interrupted` in the report); what it stored is kept.
         """
         started = time.monotonic()
         root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         self._index_behind = False
-        plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty, retry_failed=retry_failed)
+        self._stop = stop
+        plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty, retry_failed=retry_failed,
+                         defer=defer)
         report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
 
         if gone:
@@ -325,6 +344,10 @@ class Indexer:
         threads = getattr(self.encoder, "image_threads", None)
         with stream, (threads(self.encode_threads) if threads and self.encode_threads else contextlib.nullcontext()):
             for start in range(0, len(todo), self.chunk_size):
+                if self._stop is not None and self._stop.is_set():
+                    report.interrupted = True
+                    log.info("stopped after %d of %d files; the next sync does the rest", start, len(todo))
+                    break
                 count = min(self.chunk_size, len(todo) - start)
                 self._store_chunk(*self._encode_chunk(stream, count, spec), known, report)
                 bar.update(count)

@@ -27,6 +27,7 @@ from clipsearch.errors import ClipSearchError, LibraryLockedError, ModelMismatch
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
 from clipsearch.indexer import Indexer, IndexReport
+from clipsearch.scan import FileRecord
 from clipsearch.search import Hit, Searcher, TextHit
 
 if TYPE_CHECKING:
@@ -242,7 +243,8 @@ class Library:
 
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
               exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
-              max_memory: int | str | None = None, wait: float = 0.0, retry_failed: bool = False) -> IndexReport:
+              max_memory: int | str | None = None, wait: float = 0.0, retry_failed: bool = False,
+              defer: Callable[[FileRecord], bool] | None = None, stop: threading.Event | None = None) -> IndexReport:
         """Index the photos under `root` incrementally: only new and changed files are encoded.
 
         Files stored as failed are tried again when they change, when the decoders were
@@ -255,14 +257,15 @@ class Library:
         When the library has outgrown its index (or shrunk below it), the index is rebuilt
         from the stored vectors after the sync: see `clipsearch.index.choose_index`.
         `wait`: seconds to wait for another process writing to the library (then
-        LibraryLockedError), for scheduled runs that may overlap.
+        LibraryLockedError), for scheduled runs that may overlap. `defer` and `stop`: see
+        `Indexer.sync` (the watcher's files still being written, and its stop request).
         """
         with self.write_lock(wait):
             self.indexes.set_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
                               batch_size=batch_size)
             report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty,
-                                  retry_failed=retry_failed)
+                                  retry_failed=retry_failed, defer=defer, stop=stop)
             roots = set(self.roots())
             roots.add(report.root)
             self.catalog.set_meta("roots", sorted(roots))

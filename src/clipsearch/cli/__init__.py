@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "clipsearch.cli.model",
     "clipsearch.cli.demo",
     "clipsearch.cli.serve",
+    "clipsearch.cli.watch",
 )
 
 EXIT_OK = 0

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.cli.watch import add_watch_args
 from clipsearch.errors import ClipSearchError
 
 TOKEN_ENV = "CLIPSEARCH_API_TOKEN"  # the same name as clipsearch_ui.api.TOKEN_ENV (importing it needs Gradio)
+if TYPE_CHECKING:
+    from clipsearch.library import Library
+    from clipsearch.watch import WatchThread
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -38,9 +43,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"clipsearch UI: {url}  API: {api}{' (token needed)' if token else ''}  (Ctrl-C to stop)", flush=True)
 
     with open_library(args) as lib:
-        serve(lib, host=args.host, port=args.port, auth=auth, share=args.share, open_browser=not args.no_browser,
-              block=True, on_ready=ready, api_token=token, serve_originals=args.serve_originals)
+        watcher = _start_watching(args, lib) if args.watch else None
+        try:
+            serve(lib, host=args.host, port=args.port, auth=auth, share=args.share,
+                  open_browser=not args.no_browser, block=True, on_ready=ready, api_token=token,
+                  serve_originals=args.serve_originals)
+        finally:
+            if watcher is not None:
+                watcher.stop()
     return 0
+
+
+def _start_watching(args: argparse.Namespace, lib: "Library") -> "WatchThread":
+    """`--watch`: a watcher thread with its own handle on the library (see `clipsearch watch`)."""
+    from clipsearch.cli.watch import notice_printer, watch_config
+    from clipsearch.watch import WatchThread
+
+    roots = lib.roots()
+    if not roots:
+        raise ClipSearchError("--watch: the library has no photo folders yet; index one first")
+    print(f"clipsearch: watching {', '.join(roots)}", file=sys.stderr, flush=True)
+    return WatchThread(lib.folder, roots, exclude=args.exclude, config=watch_config(args),
+                       notify=notice_printer(False), device=args.device).start()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,4 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--serve-originals", action="store_true",
                    help="let the API send the photo files themselves (GET /api/photos/ID/original); off by default")
     p.add_argument("--no-browser", action="store_true", help="don't open a browser tab")
+    p.add_argument("--watch", action="store_true",
+                   help="also keep the library in step with its photo folders while serving (clipsearch watch)")
+    add_watch_args(p)
     p.set_defaults(func=_cmd_serve)
