@@ -205,7 +205,22 @@ def _cmd_texts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_formats(as_json: bool) -> int:
+    from clipsearch.images import formats
+
+    found = formats()
+    if as_json:
+        print(json.dumps([asdict(f) for f in found], indent=1))
+        return 0
+    for f in found:
+        print(f"{'yes' if f.readable else 'no ':3}  {f.name:36}  {' '.join(f.extensions)}")
+        print(f"     {'':36}  {f.note}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
+    if args.formats:
+        return _print_formats(args.json)
     from clipsearch.library import Library
 
     from clipsearch.index import format_size
@@ -310,6 +325,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="what a library holds")
     add_library_args(p, model=False)
     p.add_argument("--failures", action="store_true", help="list every skipped file and why")
+    p.add_argument("--formats", action="store_true",
+                   help="list the photo formats this installation reads (and what to install for the others)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
