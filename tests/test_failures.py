@@ -17,7 +17,7 @@ import pytest
 from fakes import NAMES, FakeEncoder, write_colour_photos
 
 import clipsearch.indexer
-from clipsearch import IndexingError, Library
+from clipsearch import CatalogError, IndexingError, Library
 from clipsearch.catalog import Catalog
 from clipsearch.cli import main
 from clipsearch.indexer import DECODER_KILLED, PROCESS_MIN_FILES, _DecodeStream
@@ -189,3 +189,50 @@ def test_a_run_in_which_every_file_failed_exits_non_zero(tmp_path: Path, capsys,
     assert main(["-q", "index", str(tmp_path / "photos"), "-l", str(tmp_path / "lib")]) == 0
     code = main(["-q", "index", str(tmp_path / "photos"), "-l", str(tmp_path / "lib"), "--retry-failed"])
     assert code == 1 and "none of the 2 files tried" in capsys.readouterr().err
+
+
+# -- a library is created whole, or not at all ----------------------------------------------------
+class DimlessEncoder(FakeEncoder):
+    """An encoder that fails while the library is being created (as a model that cannot load does)."""
+
+    @property
+    def dim(self) -> int:
+        raise RuntimeError("the model could not be loaded")
+
+    @dim.setter
+    def dim(self, value: int) -> None:
+        pass
+
+
+def test_a_library_whose_creation_fails_records_nothing(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="could not be loaded"):
+        Library.open(tmp_path / "lib", encoder=DimlessEncoder())
+    catalog = Catalog(tmp_path / "lib" / "catalog.sqlite")
+    assert catalog.missing_library_keys() == ["model", "pretrained", "dim"]  # not a half library
+    catalog.close()
+    _photos(tmp_path / "photos", 2)
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:  # created now, whole
+        assert lib.index(tmp_path / "photos").added == 2
+        assert (lib.model, lib.dim) == ("fake", FakeEncoder().dim)
+
+
+def test_a_half_created_empty_library_is_created_again(tmp_path: Path) -> None:
+    (tmp_path / "lib").mkdir()
+    catalog = Catalog(tmp_path / "lib" / "catalog.sqlite")
+    catalog.set_meta("model", "fake")  # as an older clipsearch killed between its three writes
+    catalog.close()
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.dim == FakeEncoder().dim
+        assert lib.catalog.missing_library_keys() == []
+
+
+def test_a_catalog_with_photos_but_no_dimension_names_the_repair(tmp_path: Path, capsys) -> None:
+    _photos(tmp_path / "photos", 2)
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        lib.index(tmp_path / "photos")
+        lib.catalog._db.execute("DELETE FROM meta WHERE key='dim'")  # a damaged catalog
+    with pytest.raises(CatalogError, match=r"no record of its dim.*move the folder .*lib aside"):
+        Library.open(tmp_path / "lib", encoder=FakeEncoder())
+    assert main(["info", "-l", str(tmp_path / "lib")]) == 1
+    err = capsys.readouterr().err
+    assert "no record of its dim" in err and "Traceback" not in err

@@ -21,6 +21,8 @@ from clipsearch.errors import CatalogError, SchemaVersionError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# What a library must record at creation, all at once (`Catalog.create_library`).
+LIBRARY_KEYS = ("model", "pretrained", "dim")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -183,6 +185,37 @@ class Catalog:
         with self.transaction(bump=False):
             self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                              (key, text))
+
+    def create_library(self, model: str, pretrained: str, dim: int) -> bool:
+        """Record a new library's model, pretrained tag, vector size and schema version in one transaction.
+
+        False (and nothing written) when the library already has a model: another
+        process created it first; read its settings instead.
+        """
+        with self.transaction(bump=False):
+            if self.get_meta("model") is not None:
+                return False
+            for key, value in (("model", model), ("pretrained", pretrained), ("dim", str(int(dim))),
+                               ("schema_version", str(SCHEMA_VERSION))):
+                self._db.execute("INSERT INTO meta(key, value) VALUES (?, ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        return True
+
+    def missing_library_keys(self) -> list[str]:
+        """The LIBRARY_KEYS this catalog lacks (all of them for a new one)."""
+        have = {r[0] for r in self._db.execute(
+            f"SELECT key FROM meta WHERE key IN ({','.join('?' * len(LIBRARY_KEYS))})", LIBRARY_KEYS)}
+        return [k for k in LIBRARY_KEYS if k not in have]
+
+    def is_empty(self) -> bool:
+        """True when the catalog holds no file (indexed or failed) and no text."""
+        return (self._db.execute("SELECT 1 FROM images LIMIT 1").fetchone() is None
+                and self._db.execute("SELECT 1 FROM texts LIMIT 1").fetchone() is None)
+
+    def forget_library_keys(self) -> None:
+        """Drop a half-recorded creation (an older clipsearch wrote the keys one by one) from an empty catalog."""
+        with self.transaction(bump=False):
+            self._db.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(LIBRARY_KEYS))})", LIBRARY_KEYS)
 
     def meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())

@@ -22,8 +22,8 @@ from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from clipsearch.catalog import Catalog, ImageRow
-from clipsearch.errors import ClipSearchError, LibraryLockedError, ModelMismatchError
+from clipsearch.catalog import LIBRARY_KEYS, Catalog, ImageRow
+from clipsearch.errors import CatalogError, ClipSearchError, LibraryLockedError, ModelMismatchError
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
 from clipsearch.indexer import Indexer, IndexReport
@@ -128,7 +128,7 @@ class Library:
         folder.mkdir(parents=True, exist_ok=True)
         catalog = Catalog(db)
         try:
-            stored_model = catalog.get_meta("model")
+            stored_model = _check_settings(catalog, folder)
             if encoder is not None:
                 model = model or encoder.name
                 pretrained = encoder.pretrained if pretrained is _UNSET else pretrained
@@ -139,10 +139,10 @@ class Library:
                 if encoder is None:
                     encoder = _lazy_encoder(model, pretrained, device, image_backend, fast_path,
                                             full=_load_encoder(model, pretrained, device, image_backend=image_backend))
-                catalog.set_meta("model", model)
-                catalog.set_meta("pretrained", _pretrained_key(pretrained))
-                catalog.set_meta("dim", str(encoder.dim))
-            else:
+                # All of the library's settings in one transaction: a crash leaves a new library or none.
+                if not catalog.create_library(model, _pretrained_key(pretrained), encoder.dim):
+                    stored_model = catalog.get_meta("model")  # another process created it meanwhile
+            if stored_model is not None:
                 stored_pre = catalog.get_meta("pretrained")
                 if model is not None and model != stored_model or (
                         pretrained is not _UNSET and _pretrained_key(pretrained) != stored_pre):
@@ -409,6 +409,23 @@ class Library:
             index_bytes=self.vector_index.predicted_bytes(), index_setting=kind, index_max_memory=budget,
             index_recall=recall, index_recall_note=note,
         )
+
+
+def _check_settings(catalog: Catalog, folder: Path) -> str | None:
+    """The library's stored model, or None for a new library; a clear error for one missing its settings."""
+    missing = catalog.missing_library_keys()
+    if not missing:
+        return catalog.get_meta("model")
+    if catalog.is_empty():
+        if len(missing) < len(LIBRARY_KEYS):
+            log.warning("library %s was not completely created (no %s recorded); creating it again",
+                        folder, ", ".join(missing))
+            catalog.forget_library_keys()
+        return None
+    raise CatalogError(
+        f"the catalog {catalog.path} holds photos but no record of its {', '.join(missing)}, so its vectors "
+        f"cannot be read safely: move the folder {folder} aside and index your photos into a new library "
+        "(the photos themselves are untouched)")
 
 
 def _load_encoder(model: str, pretrained: str | None, device: str | None, *,
