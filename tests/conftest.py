@@ -44,3 +44,12 @@ def library(tmp_path: Path, fake_encoder: FakeEncoder, colour_photos: dict[str, 
     lib.index(tmp_path / "photos")
     yield lib
     lib.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (`item.rep_call`), so fixtures can tell a failure
+    (the browser tests save a screenshot then)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

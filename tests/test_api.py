@@ -321,3 +321,25 @@ def test_the_httpx_example_in_docs_runs(served_with_login_and_token, tmp_path):
     assert "like it:" in out.stdout and len(out.stdout.splitlines()) == 3
     (thumb,) = tmp_path.glob("thumb-*.jpg")
     assert thumb.read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def test_stable_top_orders_ties_by_id_whatever_the_search_returns():
+    from dataclasses import dataclass
+
+    from clipsearch_ui.paging import stable_top
+
+    @dataclass
+    class H:
+        score: float
+        id: int
+
+    pool = [H(0.9, 1)] + [H(0.5, i) for i in range(50, 10, -1)] + [H(0.1, 99)]
+
+    def run(k: int) -> list[H]:  # like an index: the best k, ties cut in an arbitrary (here: reversed id) order
+        ranked = sorted(pool, key=lambda h: (-h.score, -h.id))
+        return ranked[:k]
+
+    pages = [stable_top(run, n) for n in (3, 6, 20, 42)]
+    for a, b in zip(pages, pages[1:]):
+        assert b[:len(a)] == a  # a longer page starts with the shorter one
+    assert [h.id for h in pages[1]] == [1, 11, 12, 13, 14, 15]

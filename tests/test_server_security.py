@@ -31,9 +31,12 @@ def served_with_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
 
 
 def _thumbnails(served: Any) -> Path:
-    """Make sure some thumbnails exist (a search makes them); returns their folder."""
+    """Make sure some thumbnails exist (the page asks the API for them); returns their folder."""
     with served.client() as c:
-        assert call(c, "search", ["red", 3, 0, ""])[0] == "complete"
+        event, out = call(c, "search", ["red", 3, 0, ""])
+        assert event == "complete"
+        for hit in out[0]["hits"]:
+            assert c.get(hit["thumb"]).status_code == 200
     return served.lib / "thumbs"
 
 
@@ -131,7 +134,7 @@ def test_private_events_ignore_forged_session_state(served: Any) -> None:
                     if message.get("msg") == "process_completed":
                         output = message["output"]["data"]
                         break
-        assert output is not None and output[0] == [] and "Select a photo first" in output[1]
+        assert output is not None and output[0]["hits"] == [] and "Select a photo first" in output[1]
 
 
 def _sha(path: Path) -> str:
@@ -182,11 +185,11 @@ def test_uploaded_bombs_are_refused_and_the_server_keeps_serving(served: Any) ->
             assert r.status_code == 200
             event, out = call(c, "search_image", [file_data(r.json()[0]), "", 3, 0, ""])
             if event == "complete":
-                assert out[0] == [] and out[1].startswith("⚠️ Can't use this image"), out[1]
+                assert out[0]["hits"] == [] and out[1].startswith(f"⚠️ Can't use {name}: "), out[1]
             else:  # Gradio's own image check refused it first
                 assert event == "error"
         event, out = call(c, "search", ["red", 1, 0, ""])
-        assert event == "complete" and out[0][0]["caption"].endswith("red.jpg")
+        assert event == "complete" and out[0]["hits"][0]["name"] == "red.jpg"
     assert time.monotonic() - started < 5
 
 

@@ -1,14 +1,19 @@
-"""End to end in a real browser: Debian's Chromium, driven headless by Playwright.
+"""End to end in a real browser: Debian's Chromium, driven headless by Playwright, at a phone's
+width (400 px) and a desktop's (1400 px).
 
 Setup: `apt-get install chromium` and `pip install playwright` (never `playwright install`:
-the test uses the system Chromium). Skipped, with the reason, when either is missing.
+the tests use the system Chromium). Skipped, with the reason, when either is missing.
+When a test fails, a screenshot of its page is saved under `test-artifacts/` (or
+`$CLIPSEARCH_TEST_ARTIFACTS`), named after the test.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
+from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import pytest
@@ -22,6 +27,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("CLIPSEARCH_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+WIDTHS = [400, 1400]
+LONG_NAME = "holiday-2019-lisbon-tram-28-at-dusk-IMG_20190612_183455.jpg"
 
 
 def _chromium() -> str:
@@ -31,8 +39,8 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture
-def browser():
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     executable = _chromium()
     try:
         from playwright.sync_api import expect, sync_playwright
@@ -47,27 +55,30 @@ def browser():
             b.close()
 
 
-@pytest.fixture
-def server(tmp_path: Path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Path]]:
     from clipsearch import Library
     from clipsearch_ui import serve
-    from clipsearch_ui import server as server_mod
 
-    write_colour_photos(tmp_path / "photos", ["red", "green", "blue", "yellow", "purple", "orange"])
-    write_colour_photos(tmp_path / "photos" / "sub", ["white", "black"])
-    (tmp_path / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
-    library = Library.open(tmp_path / "lib", encoder=FakeEncoder())
-    library.index(tmp_path / "photos")
+    root = tmp_path_factory.mktemp("browser")
+    photos = write_colour_photos(root / "photos", ["red", "green", "blue", "yellow", "purple", "orange"])
+    write_colour_photos(root / "photos" / "sub", ["white", "black"])
+    shutil.copy(photos["orange"], root / "photos" / LONG_NAME)
+    (root / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
+    library = Library.open(root / "lib", encoder=FakeEncoder())
+    library.index(root / "photos")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     saved_env = os.environ.get("GRADIO_TEMP_DIR")
     demo = serve(library, port=port, block=False, on_ready=lambda url: None)
     try:
-        yield f"http://127.0.0.1:{port}/", demo
+        yield f"http://127.0.0.1:{port}/", demo, root
     finally:
         demo.close()
         library.close()
+        from clipsearch_ui import server as server_mod
+
         server_mod._our_temp_dir = None
         if saved_env is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
@@ -75,71 +86,206 @@ def server(tmp_path: Path):
             os.environ["GRADIO_TEMP_DIR"] = saved_env
 
 
-def test_search_upload_describe_and_map_in_a_browser(browser, server, tmp_path):
+@pytest.fixture
+def page(browser: Any, server: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page on the app at the test's width (its `width` parameter, else 1400)."""
+    width = request.node.callspec.params.get("width", 1400) if hasattr(request.node, "callspec") else 1400
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    p = context.new_page()
+    p.set_default_timeout(15_000)
+    p.goto(server[0])
+    p.locator("#query textarea").wait_for()
+    yield p
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid.split("::")[-1])
+        p.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+    context.close()
+
+
+def search(page: Any, text: str) -> None:
+    box = page.locator("#query textarea")
+    box.fill(text)
+    box.press("Enter")
+    page.locator("#results .cs-tile").first.wait_for()
+
+
+def tiles(page: Any) -> Any:
+    return page.locator("#results .cs-tile")
+
+
+def selected_index(page: Any) -> int:
+    return page.evaluate("[...document.querySelectorAll('#results .cs-tile')]"
+                         ".findIndex(t => t.classList.contains('selected'))")
+
+
+def in_viewport(page: Any, selector: str) -> bool:
+    return page.evaluate("""sel => { const r = document.querySelector(sel).getBoundingClientRect();
+                                     return r.top < window.innerHeight && r.bottom > 0; }""", selector)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_grid_fits_the_width_and_shows_whole_file_names(page, width):
     from playwright.sync_api import expect
 
-    url, demo = server
-    hosts: set[str] = set()
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.on("request", lambda req: hosts.add(urlparse(req.url).hostname or req.url.split(":", 1)[0]))
-    page.set_default_timeout(15_000)
-    page.goto(url)
+    search(page, "orange")
+    expect(tiles(page)).to_have_count(9)
+    columns = page.evaluate("""() => { const t = [...document.querySelectorAll('#results .cs-tile')];
+                                       return t.filter(x => x.offsetTop === t[0].offsetTop).length; }""")
+    assert (2 <= columns <= 3) if width == 400 else columns >= 4, columns
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
+    long = page.locator("#results .cs-tile", has_text="IMG_20190612").first
+    assert LONG_NAME in long.locator("figcaption").inner_text()  # wrapped, never cut short
+    assert long.evaluate("t => t.querySelector('figcaption').scrollWidth <= t.querySelector('figcaption').clientWidth")
+    assert LONG_NAME in long.get_attribute("title")  # and on hover
 
-    # Text search: type a query, the red photo comes first.
-    query = page.locator("#query textarea")
-    query.fill("red")
-    query.press("Enter")
-    first_caption = page.locator("#results .caption-label").first
-    first_caption.wait_for()
-    assert first_caption.inner_text().endswith("red.jpg")
-    expect(page.locator("#status")).to_contain_text("photos for")
-    page.screenshot(path=tmp_path / "search.png", full_page=True)
 
-    # Select it: the detail panel shows its file name, size and pixels.
-    page.locator("#results .thumbnail-item").first.click()
-    expect(page.locator("#details")).to_contain_text("64 × 48 px")
-    assert "red.jpg" in page.locator("#details").inner_text()
-    page.screenshot(path=tmp_path / "selected.png", full_page=True)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_select_then_arrow_keys_and_buttons_walk_the_results(page, width):
+    from playwright.sync_api import expect
 
-    # Search by image: upload a blue picture, the blue photo comes first.
-    upload = tmp_path / "query-blue.png"
-    Image.new("RGB", (60, 40), (28, 58, 218)).save(upload)
+    search(page, "red")
+    names = [n.split(" ", 1)[1] for n in tiles(page).locator("figcaption").all_inner_texts()]
+    tiles(page).nth(1).click()
+    expect(page.locator("#details")).to_contain_text(names[1])
+    expect(page.locator("#details")).to_contain_text(re.compile(r"id #\d+"))
+    assert selected_index(page) == 1
+    if width == 400:  # on a phone the selected photo's panel comes into view
+        page.wait_for_timeout(600)
+        assert in_viewport(page, "#photo-panel")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#details")).to_contain_text(names[2])
+    assert selected_index(page) == 2
+    page.locator("#next").click()
+    expect(page.locator("#details")).to_contain_text(names[3])
+    expect(page.locator("#results .cs-tile").nth(3)).to_have_class(re.compile("selected"))
+    page.locator("#prev").click()
+    expect(page.locator("#details")).to_contain_text(names[2])
+    expect(page.locator("#results .cs-tile").nth(2)).to_have_class(re.compile("selected"))
+    assert page.locator("#photo img").get_attribute("src").endswith("/thumb?size=1024")
+    # The photo shown is the one the details name.
+    shown_id = page.locator("#photo img").get_attribute("data-id")
+    assert f"#{shown_id}" in page.locator("#details").inner_text()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_new_search_clears_a_stale_selection(page, width):
+    from playwright.sync_api import expect
+
+    search(page, "red")
+    tiles(page).first.click()
+    expect(page.locator("#details")).to_contain_text("red.jpg")
+    search(page, "blue")
+    expect(tiles(page).first).to_contain_text("blue.jpg")
+    expect(page.locator("#details")).to_have_text("")
+    expect(page.locator("#photo")).to_contain_text("Click a result")
+    assert selected_index(page) == -1
+    page.get_by_role("button", name="More like this").click()
+    expect(page.locator("#status")).to_contain_text("Select a photo first")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_number_inputs_rerun_the_search_on_enter_and_load_more_pages(page, width):
+    from playwright.sync_api import expect
+
+    search(page, "red")
+    expect(tiles(page)).to_have_count(9)
+    k = page.locator("#k input[type=number]")
+    k.fill("4")
+    k.press("Enter")
+    expect(tiles(page)).to_have_count(4)
+    more = page.locator("#load-more")
+    expect(more).to_be_visible()
+    more.click()
+    expect(tiles(page)).to_have_count(8)
+    more.click()
+    expect(tiles(page)).to_have_count(9)
+    expect(more).to_be_hidden()
+    minimum = page.locator("#min-score input[type=number]")
+    minimum.fill("0.5")
+    minimum.press("Enter")
+    expect(tiles(page)).to_have_count(1)
+    expect(page.locator("#status")).to_contain_text("1 photo for")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_uploads_reach_our_loader_which_says_why_a_file_is_refused(page, width, tmp_path):
+    from playwright.sync_api import expect
+
+    search(page, "red")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list: milk, eggs")
     page.get_by_role("tab", name="By image").click()
-    page.locator("#upload input[type=file]").set_input_files(str(upload))
+    page.locator("#upload input[type=file]").set_input_files(str(notes))
+    expect(page.locator("#status")).to_contain_text("Can't use notes.txt: not an image file")
+    expect(tiles(page)).to_have_count(0)  # the old results are gone
+    # A real image works, from the same input.
+    blue = tmp_path / "query-blue.png"
+    Image.new("RGB", (60, 40), (28, 58, 218)).save(blue)
+    page.locator("#upload input[type=file]").set_input_files(str(blue))
     expect(page.locator("#status")).to_contain_text("your image")
-    assert page.locator("#results .caption-label").first.inner_text().endswith("blue.jpg")
-    page.screenshot(path=tmp_path / "upload.png", full_page=True)
+    expect(tiles(page).first).to_contain_text("blue.jpg")
+    # Describe takes the same path.
+    page.get_by_role("tab", name="Describe").click()
+    page.locator("#describe-upload input[type=file]").set_input_files(str(notes))
+    expect(page.locator("#describe-status")).to_contain_text("not an image file")
 
-    # Describe the selected photo after adding labels.
-    page.get_by_role("tab", name="Search", exact=True).click()
-    page.get_by_role("button", name="Describe this photo").click()
-    expect(page.locator("#describe-status")).to_contain_text("text collection is empty")
-    page.get_by_label("Add labels").fill("blue, red, green")
-    page.get_by_role("button", name="Add labels and describe again").click()
-    expect(page.locator("#describe-status")).to_contain_text("Added 3 new labels")
-    expect(page.locator("#describe-table").get_by_role("row").nth(1)).to_contain_text("red")
-    page.screenshot(path=tmp_path / "describe.png", full_page=True)
 
-    # Explore: the map draws itself when its tab opens, and a click on a point shows a photo.
+def test_each_folder_is_listed_once(page):
+    page.locator("#folder input").click()
+    options = page.get_by_role("option").all_inner_texts()
+    assert [o.replace("✓", "").strip() for o in options] == ["All folders", "photos", "photos/sub"]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_map_fills_a_phone_and_a_tap_shows_the_photo(page, server, width):
+    from playwright.sync_api import expect
+
+    _, demo, _ = server
     page.get_by_role("tab", name="Explore").click()
-    expect(page.locator("#map-status")).to_contain_text("map of 8 photos")
-    # The map is deterministic: the same call tells where the green photo's point is drawn.
-    view = demo.clipsearch_handlers.draw_map("folder", "red").view
-    green = next(i for i, g in zip(view.ids, view.groups) if "green" in demo.clipsearch_handlers.photo(int(i)).details)
+    expect(page.locator("#map-status")).to_contain_text("map of 9 photos")
+    img = page.locator("#map img")
+    box = img.bounding_box()
+    if width == 400:
+        assert box["width"] >= 0.9 * (width - 40), box
+    h = demo.clipsearch_handlers
+    view = h.draw_map("folder", "").view
+    green = next(i for i, g in zip(view.ids, view.groups) if "green.jpg" in h.photo(int(i)).details)
     px, py = (float(v) for v in view.pixels[list(view.ids).index(green)])
-    box = page.locator("#map img").bounding_box()
-    natural = page.locator("#map img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    natural = img.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     scale = min(box["width"] / natural[0], box["height"] / natural[1], 1)
     page.mouse.click(box["x"] + (box["width"] - natural[0] * scale) / 2 + px * scale,
                      box["y"] + (box["height"] - natural[1] * scale) / 2 + py * scale)
     expect(page.locator("#map-details")).to_contain_text("green.jpg")
-    page.screenshot(path=tmp_path / "explore.png", full_page=True)
 
-    page.get_by_role("tab", name="Library").click()
-    expect(page.locator("#skipped")).to_contain_text("broken.jpg")
-    page.screenshot(path=tmp_path / "library.png", full_page=True)
 
-    # Nothing but the local server was contacted: no fonts, analytics or update checks.
-    assert hosts <= {"127.0.0.1", "data", "blob"}, hosts
-    for name in ("search", "selected", "upload", "describe", "explore", "library"):
-        assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+def test_describe_labels_library_and_nothing_but_the_local_server(browser, server, tmp_path):
+    from playwright.sync_api import expect
+
+    url, demo, _ = server
+    hosts: set[str] = set()
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.on("request", lambda req: hosts.add(urlparse(req.url).hostname or req.url.split(":", 1)[0]))
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(url)
+        search(page, "red")
+        tiles(page).first.click()
+        expect(page.locator("#details")).to_contain_text("64 × 48 px")
+        page.get_by_role("button", name="Describe this photo").click()
+        expect(page.locator("#describe-status")).to_contain_text("text collection")
+        page.get_by_label("Add labels").fill("blue, red, green")
+        page.get_by_role("button", name="Add labels and describe again").click()
+        expect(page.locator("#describe-status")).to_contain_text("Added 3 new labels")
+        expect(page.locator("#describe-table").get_by_role("row").nth(1)).to_contain_text("red")
+        page.get_by_role("tab", name="Library").click()
+        expect(page.locator("#skipped")).to_contain_text("broken.jpg")
+        assert hosts <= {"127.0.0.1", "data", "blob"}, hosts  # no fonts, analytics or update checks
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "test_describe_labels_library.png", full_page=True)
+        raise
+    finally:
+        context.close()

@@ -28,16 +28,49 @@ def _first_name(out) -> str:
     return out.shown[0]["path"].rsplit("/", 1)[-1]
 
 
-def test_text_search_puts_the_red_photo_first_as_a_cached_thumbnail(handlers, library, ids):
+def test_text_search_puts_the_red_photo_first_with_its_thumbnail_url(handlers, library, ids):
     out = handlers.search_text("red", k=5)
-    thumb, caption = out.gallery[0]
-    assert Path(thumb) == Path(library.folder) / "thumbs" / f"{ids['red']}.jpg"
-    assert caption.endswith("red.jpg") and caption.startswith("1.00")
+    first = out.grid["hits"][0]
+    assert first["thumb"] == f"/api/photos/{ids['red']}/thumb" and first["id"] == ids["red"]
+    assert first["name"] == "red.jpg" and first["score"].startswith("1.00") and not first["selected"]
+    assert "red.jpg" in first["title"] and f"#{ids['red']}" in first["title"]
+    assert len(out.grid["hits"]) == len(out.shown) == 5 and out.more and out.grid["more"]
+    assert "**5** photos" in out.status and "red" in out.status and "more below" in out.status
+    # Nothing is decoded for a search: thumbnails are made when the browser asks for them.
+    assert not list((Path(library.folder) / "thumbs").glob("*.jpg"))
+    thumb = handlers.thumbs.path(ids["red"])
     with Image.open(thumb) as im:  # a real, small JPEG made by the safe loader
         assert im.format == "JPEG" and max(im.size) <= 256
         assert im.convert("RGB").getpixel((5, 5))[0] > 150
-    assert len(out.gallery) == len(out.shown) == 5
-    assert "**5** photos" in out.status and "red" in out.status
+
+
+def test_load_more_appends_the_next_page_until_the_end(handlers):
+    first = handlers.search_text("red", k=3)
+    last = {"kind": "text", "query": "red"}
+    second = handlers.load_more(last, first.shown, k=3)
+    assert second.shown[:3] == first.shown and len(second.shown) == 6 and second.more
+    third = handlers.load_more(last, second.shown, k=3)
+    assert len(third.shown) == 8 and not third.more and "more below" not in third.status
+    assert len({s["id"] for s in third.shown}) == 8
+    whole = handlers.search_text("red", k=8)
+    assert [s["id"] for s in third.shown] == [s["id"] for s in whole.shown]
+    assert handlers.load_more(None, first.shown) is None
+
+
+def test_more_than_200_results_by_paging(tmp_path, fake_encoder):
+    from clipsearch import Library
+    from fakes import write_colour_photos
+
+    for n in range(26):
+        write_colour_photos(tmp_path / "many" / f"f{n}", ["red", "green", "blue", "yellow", "purple", "orange",
+                                                         "white", "black", "red", "green"][:9], size=(8, 8))
+    with Library.open(tmp_path / "lib-many", encoder=fake_encoder) as lib:
+        lib.index(tmp_path / "many")
+        h = Handlers(lib)
+        out = h.search_text("red", k=200)
+        assert len(out.shown) == 200 and out.more
+        out = h.load_more({"kind": "text", "query": "red"}, out.shown, k=200)
+        assert len(out.shown) == 26 * 8 and not out.more
 
 
 def test_min_score_and_folder_filter(handlers, tmp_path):
@@ -46,7 +79,7 @@ def test_min_score_and_folder_filter(handlers, tmp_path):
     sub = handlers.search_text("red", k=8, folder=str(tmp_path / "photos" / "sub"))
     assert sorted(s["path"].rsplit("/", 1)[-1] for s in sub.shown) == ["black.jpg", "white.jpg"]
     none = handlers.search_text("red", k=8, min_score=0.99, folder=str(tmp_path / "photos" / "sub"))
-    assert none.gallery == [] and "lower the minimum score" in none.status and "All folders" in none.status
+    assert none.shown == [] and "lower the minimum score" in none.status and "All folders" in none.status
 
 
 def test_folder_choices_list_every_folder_relative_to_its_root(handlers, tmp_path):
@@ -57,10 +90,10 @@ def test_folder_choices_list_every_folder_relative_to_its_root(handlers, tmp_pat
 
 
 def test_empty_and_broken_queries_explain_themselves(handlers):
-    assert handlers.search_text("   ").gallery == []
+    assert handlers.search_text("   ").grid["hits"] == []
     assert "beach + sunset - people" in handlers.search_text("").status
     out = handlers.search_text("beach +")
-    assert out.gallery == [] and out.status.startswith("⚠️") and "stray" in out.status
+    assert out.grid["hits"] == [] and out.status.startswith("⚠️") and "stray" in out.status
     assert "no indexed image with id 99999" in handlers.search_text("#99999").status
 
 
@@ -68,7 +101,7 @@ def test_a_query_cannot_name_a_file_on_the_server(handlers, colour_photos):
     # A path term would make the server read any image file a visitor names.
     for q in (colour_photos["red"], f"{colour_photos['red']} + night", "/no/such/file.jpg - blue"):
         out = handlers.search_text(q)
-        assert out.gallery == [] and "file path" in out.status
+        assert out.shown == [] and "file path" in out.status
 
 
 def test_upload_of_a_blue_image_finds_the_blue_photo(handlers, tmp_path):
@@ -77,19 +110,23 @@ def test_upload_of_a_blue_image_finds_the_blue_photo(handlers, tmp_path):
     out = handlers.search_upload(str(upload), k=3)
     assert _first_name(out) == "blue.jpg"
     modified = handlers.search_upload(str(upload), text="red", k=3)
-    assert "“red”" in modified.status and len(modified.gallery) == 3
+    assert "“red”" in modified.status and len(modified.shown) == 3
 
 
 def test_bad_uploads_show_the_loaders_reason_not_a_traceback(handlers, tmp_path):
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     out = handlers.search_upload(str(junk))
-    assert out.gallery == [] and out.status.startswith("⚠️ Can't use this image") and "Traceback" not in out.status
+    assert out.shown == [] and out.status.startswith("⚠️ Can't use junk.png: ") and "Traceback" not in out.status
+    text = tmp_path / "notes.txt"
+    text.write_text("shopping list")
+    out = handlers.search_upload(str(text))
+    assert out.grid["hits"] == [] and out.status == "⚠️ Can't use notes.txt: not an image file."
     small = Handlers(handlers.library, max_upload_bytes=100)
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(big)
     assert "limit" in small.search_upload(str(big)).status
-    assert "Upload or paste" in handlers.search_upload(None).status
+    assert "Upload an image" in handlers.search_upload(None).status
 
 
 def test_more_like_this_by_id(handlers, ids):
@@ -97,25 +134,40 @@ def test_more_like_this_by_id(handlers, ids):
     assert ids["red"] not in [s["id"] for s in out.shown]  # not itself
     assert "photos like red.jpg" in out.status
     assert handlers.more_like(99999).status.startswith("⚠️ No indexed photo")
-    assert handlers.more_like(None).gallery == []
+    assert handlers.more_like(None).shown == []
 
 
 def test_rerun_repeats_the_sessions_last_search_with_new_filters(handlers):
     assert handlers.rerun(None) is None
     out = handlers.rerun({"kind": "text", "query": "red"}, k=2)
-    assert len(out.gallery) == 2 and _first_name(out) == "red.jpg"
+    assert len(out.shown) == 2 and _first_name(out) == "red.jpg"
 
 
 def test_selecting_a_result_shows_path_size_pixels_and_date(handlers, colour_photos):
     out = handlers.search_text("green", k=3)
     photo = handlers.select(out.shown, 0)
-    assert photo.selected == out.shown[0]["id"]
-    assert photo.image.size == (64, 48)
+    assert photo.selected == out.shown[0]["id"] and photo.index == 0
+    assert f'src="/api/photos/{photo.selected}/thumb?size=1024"' in photo.image
     size = os.path.getsize(colour_photos["green"])
     assert "green.jpg" in photo.details and "64 × 48 px" in photo.details and f"{size} bytes" in photo.details
-    assert f"`{os.path.dirname(colour_photos['green'])}`" in photo.details
-    assert handlers.select(out.shown, 99).selected is None
+    assert f"id **#{photo.selected}**" in photo.details
+    assert "`photos`" in photo.details  # the folder, relative to the photo folder's parent
+    assert handlers.select(out.shown, 99).index == 2  # clamped to the results
+    assert handlers.select([], 0).selected is None
     assert handlers.photo(99999).details.startswith("⚠️")
+
+
+def test_previous_and_next_walk_the_results_and_move_the_highlight(handlers):
+    out = handlers.search_text("red", k=4)
+    photo, grid = handlers.step(out.shown, 0, +1)
+    assert photo.index == 1 and photo.selected == out.shown[1]["id"]
+    assert [h["selected"] for h in grid["hits"]] == [False, True, False, False]
+    photo, grid = handlers.step(out.shown, 3, +1)
+    assert photo.index == 3  # stays on the last
+    photo, _ = handlers.step(out.shown, 0, -1)
+    assert photo.index == 0
+    photo, _ = handlers.step(out.shown, None, +1)
+    assert photo.index == 0  # nothing selected yet: the first
 
 
 def test_unindexed_files_get_no_thumbnail(handlers, library, tmp_path):

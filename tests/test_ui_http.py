@@ -152,17 +152,21 @@ def test_file_routes_refuse_private_and_arbitrary_paths(served):
             assert refused(r), (raw, r.status_code)
 
 
-def test_results_come_as_thumbnails_from_gradios_cache_inside_the_library(served):
+def test_results_are_ids_and_names_with_thumbnails_from_the_api(served):
     with served.client() as c:
         event, out = call(c, "search", ["red", 2, 0, ""])
         assert event == "complete"
-        gallery, status = out[0], out[1]
-        assert gallery[0]["caption"].endswith("red.jpg") and "2" in status
-        cached = Path(gallery[0]["image"]["path"])
-        assert cached.is_relative_to(served.lib / "cache" / "gradio")  # not world-readable /tmp/gradio
-        r = c.get(gallery[0]["image"]["url"].replace(served.url, ""))
+        grid, status = out[0], out[1]
+        first = grid["hits"][0]
+        assert first["name"] == "red.jpg" and "2" in status
+        assert set(first) == {"id", "name", "score", "title", "thumb", "selected"}  # no server path goes out
+        r = c.get(first["thumb"])
         assert r.status_code == 200 and r.content[:3] == b"\xff\xd8\xff"
-    assert (served.lib / "cache" / "gradio").stat().st_mode & 0o077 == 0
+        assert "immutable" in r.headers["cache-control"]
+    # Gradio copies nothing for a search: its cache (in the library, private) holds no thumbnails.
+    cache = served.lib / "cache" / "gradio"
+    assert cache.stat().st_mode & 0o077 == 0
+    assert not [p for p in cache.rglob("*.jpg") if p.is_file()]
 
 
 def test_the_api_takes_no_path_that_was_not_uploaded(served):
@@ -177,10 +181,10 @@ def test_queries_cannot_reach_unindexed_ids_or_files(served):
         broken = served.library.catalog.find_path(str(served.root / "photos" / "broken.jpg"))
         for query in ("#99999", f"#{broken.id}"):
             event, out = call(c, "search", [query, 3, 0, ""])
-            assert event == "complete" and out[0] == [] and "no indexed image" in out[1]
+            assert event == "complete" and out[0]["hits"] == [] and "no indexed image" in out[1]
         for query in (served.photos["yellow"], served.photos["red"] + " + night"):
             event, out = call(c, "search", [query, 3, 0, ""])
-            assert event == "complete" and out[0] == [] and "file path" in out[1]
+            assert event == "complete" and out[0]["hits"] == [] and "file path" in out[1]
 
 
 def test_uploads_are_size_limited_and_decoded_safely(served):
@@ -191,11 +195,11 @@ def test_uploads_are_size_limited_and_decoded_safely(served):
                                                           "image/jpeg")})
         assert r.status_code == 200
         event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, ""])
-        assert event == "complete" and out[0][0]["caption"].endswith("blue.jpg")
+        assert event == "complete" and out[0]["hits"][0]["name"] == "blue.jpg"
         r = c.post("/gradio_api/upload", files={"files": ("fake.png", b"GIF89a" + b"\0" * 64, "image/png")})
         event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, ""])
         if event == "complete":  # Gradio read the header and passed it on: our loader refuses it
-            assert out[0] == [] and out[1].startswith("⚠️ Can't use this image")
+            assert out[0]["hits"] == [] and out[1].startswith("⚠️ Can't use fake.png: ")
         else:  # Gradio's own header check refused it first
             assert event == "error"
 
@@ -215,7 +219,7 @@ def test_login_required_for_everything_but_the_login_page(served_with_login):
     with s.client() as user:
         assert user.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
         event, out = call(user, "search", ["red", 3, 0, ""])
-        assert event == "complete" and out[0][0]["caption"].endswith("red.jpg")
+        assert event == "complete" and out[0]["hits"][0]["name"] == "red.jpg"
         # The login does not widen the file routes.
         assert refused(user.get(f"/gradio_api/file={s.lib / 'catalog.sqlite'}"))
         assert refused(user.get(f"/gradio_api/file={s.photos['red']}"))

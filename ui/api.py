@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from clipsearch.errors import ClipSearchError, ImageLoadError, LibraryLockedError, QueryError
 from clipsearch.images import is_supported, load_image
 
+from clipsearch_ui.paging import stable_top
 from clipsearch_ui.thumbs import THUMB_SIZES, Thumbnails, snap_size
 
 if TYPE_CHECKING:
@@ -283,9 +284,9 @@ class PhotoApi:
         if offset + k > MAX_DEPTH:
             raise ApiError(422, "bad_request", f"offset + k may be at most {MAX_DEPTH}; narrow the query instead")
         with self.lock:
-            # One more than the page, to know whether another page follows. Ties are broken by
-            # id so that pages fetched one after another never repeat or skip a photo.
-            ranked = sorted(run(offset + k + 1), key=lambda h: (-h.score, h.id))
+            # One more than the page, to know whether another page follows; ties ordered by id
+            # (stable_top), so that pages fetched one after another never repeat or skip a photo.
+            ranked = stable_top(run, offset + k + 1)
             page = ranked[offset:offset + k]
             hits = self._hits(page, self.library.roots())
         return SearchResponse(query=query, offset=offset, k=k, hits=hits,

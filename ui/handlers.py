@@ -24,7 +24,9 @@ from clipsearch.images import is_supported, load_image
 from clipsearch.search import parse_query
 
 from clipsearch_ui import explore
-from clipsearch_ui.thumbs import Thumbnails
+from clipsearch_ui.grid import grid_value
+from clipsearch_ui.paging import stable_top
+from clipsearch_ui.thumbs import THUMB_SIZES, Thumbnails
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -37,25 +39,29 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 60_000_000
 ALL_FOLDERS = ""
+PREVIEW_THUMB = THUMB_SIZES[-1]  # the selected photo's size in the browser
+NO_PHOTO = '<div class="cs-nophoto">Click a result to see it larger, with its id, folder, size and date.</div>'
 QUERY_HINT = ("Words, or arithmetic on meaning: `beach + sunset - people`, `2:dog + cat` (weights), "
               "`#42 + at night` (#42 is an indexed photo). Operators need spaces around them.")
 EMPTY_TEXTS = ("The text collection is empty: add labels below (for example *a dog, a beach, a birthday "
                "party*) and press **Add labels**.")
 
-GalleryItems = list[tuple[str, str]]
-Shown = list[dict]  # the results a session's gallery shows: {"id", "path", "score"}
+Shown = list[dict]  # the results a session's grid shows, in order: {"id", "path", "score"}
+Last = dict  # what the session searched last: {"kind": "text"|"upload"|"like", ...}; re-run by filters and "load more"
 
 
 class SearchOutput(NamedTuple):
-    gallery: GalleryItems
+    grid: dict          # the results grid's value (clipsearch_ui.grid.grid_value)
     status: str
     shown: Shown
+    more: bool = False  # another page follows: "Load more" shows
 
 
 class PhotoOutput(NamedTuple):
-    image: "Image.Image | None"
-    details: str
+    image: str          # HTML: the photo, from the API's thumbnail route (nothing decoded here)
+    details: str        # Markdown: name, id, folder, pixels, size, date
     selected: int | None
+    index: int | None = None  # its place in the session's results
 
 
 class DescribeOutput(NamedTuple):
@@ -141,21 +147,31 @@ class Handlers:
             choices.append((label, folder))
         return choices
 
-    def _gallery(self, hits: Sequence["Hit"]) -> tuple[GalleryItems, Shown]:
-        items: GalleryItems = []
-        shown: Shown = []
-        for hit in hits:
-            thumb = self.thumbs.path(hit.id)
-            if thumb is None:  # gone from the catalog since the search: never show it
-                continue
-            items.append((str(thumb), f"{hit.score:.3f} · {os.path.basename(hit.path)}"))
-            shown.append({"id": hit.id, "path": hit.path, "score": hit.score})
-        return items, shown
+    def _ranked(self, last: Last, n: int, min_score: float | None, folder: str | None) -> list["Hit"]:
+        """The top `n` of the session's search, ordered by score then id (stable across pages)."""
+        kind = last["kind"]
 
-    def _results(self, hits: Sequence["Hit"], what: str, min_score: float | None, folder: str | None) -> SearchOutput:
-        items, shown = self._gallery(hits)
-        if items:
-            status = f"**{len(items)}** photo{'s' if len(items) != 1 else ''} for {what}"
+        def run(fetch: int) -> list["Hit"]:
+            with self._lib() as lib:
+                if kind == "text":
+                    return lib.search(last["query"], k=fetch, min_score=min_score, folder=folder)
+                image = last["image"] if kind == "upload" else int(last["id"])
+                return lib.search_image(image, k=fetch, text=last.get("text"), min_score=min_score, folder=folder)
+        return stable_top(run, n)
+
+    def _page(self, last: Last, what: str, k: int, min_score: float | None, folder: str | None,
+              shown: Shown | None = None) -> SearchOutput:
+        """The first page of a search, or (with `shown`) the next page appended to the results shown."""
+        shown = list(shown or [])
+        k = max(1, int(k))
+        hits = self._ranked(last, len(shown) + k + 1, min_score, folder)
+        seen = {s["id"] for s in shown}
+        page = [h for h in hits[len(shown):len(shown) + k] if h.id not in seen]
+        more = len(hits) > len(shown) + k
+        shown += [{"id": h.id, "path": h.path, "score": float(h.score)} for h in page]
+        if shown:
+            status = f"**{len(shown)}** photo{'s' if len(shown) != 1 else ''} for {what}"
+            status += " · more below" if more else ""
         elif not self.library.info().images:
             status = ("The library is empty: index a folder first (Library tab → **Re-index**, "
                       "or `clipsearch index PHOTOS`).")
@@ -167,108 +183,150 @@ class Handlers:
             if folder:
                 hints.append("choose *All folders*")
             status += (": " + " or ".join(hints) + "." if hints else ".")
-        return SearchOutput(items, status, shown)
+        return SearchOutput(grid_value(shown, more=more), status, shown, more)
+
+    @staticmethod
+    def _empty(status: str) -> SearchOutput:
+        return SearchOutput(grid_value([]), status, [], False)
 
     @staticmethod
     def _filters(min_score: float | None, folder: str | None) -> tuple[float | None, str | None]:
-        # The slider's 0 means "no minimum": cosine scores can be negative.
+        # The 0 of "Minimum score" means "no minimum": cosine scores can be negative.
         return (float(min_score) if min_score else None), (folder or None)
 
     def _load_upload(self, image_path: str) -> "Image.Image":
         return load_image(image_path, max_bytes=self.max_upload_bytes, max_pixels=MAX_UPLOAD_PIXELS,
                           name=os.path.basename(image_path))
 
+    @staticmethod
+    def _what(last: Last) -> str:
+        text = f" + “{_md(last['text'])}”" if last.get("text") else ""
+        if last["kind"] == "text":
+            return f"“{_md(last['query'])}”"
+        if last["kind"] == "upload":
+            return f"your image {_md(last['name'])}" + text
+        return f"photos like {_md(last['name'])}" + text
+
     # -- search ---------------------------------------------------------------------------
     def search_text(self, query: str | None, k: int = 24, min_score: float | None = 0.0,
                     folder: str | None = ALL_FOLDERS) -> SearchOutput:
-        """Text → image search; the query may use arithmetic."""
+        """Text → image search; the query may use arithmetic. The first page of `k` results."""
         query = (query or "").strip()
         if not query:
-            return SearchOutput([], "Type what you are looking for. " + QUERY_HINT, [])
+            return self._empty("Type what you are looking for. " + QUERY_HINT)
         min_score, folder = self._filters(min_score, folder)
         try:
             check_query(query)
-            with self._lib() as lib:
-                hits = lib.search(query, k=int(k), min_score=min_score, folder=folder)
-                return self._results(hits, f"“{_md(query)}”", min_score, folder)
+            last = {"kind": "text", "query": query}
+            return self._page(last, self._what(last), k, min_score, folder)
         except ClipSearchError as exc:
-            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+            return self._empty(f"⚠️ {_md(str(exc))}")
 
     def search_upload(self, image_path: str | None, text: str | None = None, k: int = 24,
                       min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
-        """Image → image search with an uploaded (or pasted) image, optionally modified by text."""
+        """Image → image search with an uploaded file (decoded by our capped loader), optionally plus text."""
         if not image_path:
-            return SearchOutput([], "Upload or paste an image to find photos like it.", [])
+            return self._empty("Upload an image to find photos like it.")
         min_score, folder = self._filters(min_score, folder)
         text = (text or "").strip() or None
         try:
             image = self._load_upload(image_path)
         except ImageLoadError as exc:
-            return SearchOutput([], f"⚠️ Can't use this image: {_md(exc.reason)}.", [])
+            return self._empty(f"⚠️ Can't use {_md(os.path.basename(image_path))}: {_md(exc.reason)}.")
         try:
-            with self._lib() as lib:
-                hits = lib.search_image(image, k=int(k), text=text, min_score=min_score, folder=folder)
-                what = "your image" + (f" + “{_md(text)}”" if text else "")
-                return self._results(hits, what, min_score, folder)
+            last = {"kind": "upload", "image": image, "name": os.path.basename(image_path), "text": text}
+            return self._page(last, self._what(last), k, min_score, folder)
         except ClipSearchError as exc:
-            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+            return self._empty(f"⚠️ {_md(str(exc))}")
 
     def more_like(self, image_id: int | None, text: str | None = None, k: int = 24,
                   min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
         """Photos like an indexed one (by id), optionally modified by text."""
         if image_id is None:
-            return SearchOutput([], "Select a photo first, then press **More like this**.", [])
+            return self._empty("Select a photo first, then press **More like this**.")
         min_score, folder = self._filters(min_score, folder)
         text = (text or "").strip() or None
         try:
-            with self._lib() as lib:
+            with self._lib():
                 row = self.thumbs.row(image_id)
-                if row is None:
-                    return SearchOutput([], f"⚠️ No indexed photo with id {int(image_id)}.", [])
-                hits = lib.search_image(int(image_id), k=int(k), text=text, min_score=min_score, folder=folder)
-                what = f"photos like {_md(os.path.basename(row.path))}" + (f" + “{_md(text)}”" if text else "")
-                return self._results(hits, what, min_score, folder)
+            if row is None:
+                return self._empty(f"⚠️ No indexed photo with id {int(image_id)}.")
+            last = {"kind": "like", "id": row.id, "name": os.path.basename(row.path), "text": text}
+            return self._page(last, self._what(last), k, min_score, folder)
         except ClipSearchError as exc:
-            return SearchOutput([], f"⚠️ {_md(str(exc))}", [])
+            return self._empty(f"⚠️ {_md(str(exc))}")
 
     def rerun(self, last: dict | None, k: int = 24, min_score: float | None = 0.0,
               folder: str | None = ALL_FOLDERS) -> SearchOutput | None:
-        """The session's last search again with new filters; None when there was none."""
+        """The session's last search again with new filters (first page); None when there was none."""
         kind = (last or {}).get("kind")
         if kind == "text":
             return self.search_text(last["query"], k, min_score, folder)  # type: ignore[index]
         if kind == "upload":
-            return self.search_upload(last["path"], last.get("text"), k, min_score, folder)  # type: ignore[union-attr]
+            return self.search_upload(last["path"], last.get("text"), k, min_score, folder)  # type: ignore[index]
         if kind == "like":
-            return self.more_like(last["id"], last.get("text"), k, min_score, folder)  # type: ignore[union-attr]
+            return self.more_like(last["id"], last.get("text"), k, min_score, folder)  # type: ignore[index]
         return None
+
+    def load_more(self, last: dict | None, shown: Shown | None, k: int = 24, min_score: float | None = 0.0,
+                  folder: str | None = ALL_FOLDERS) -> SearchOutput | None:
+        """The next `k` results of the session's last search, appended to those shown; None when there was none."""
+        if not last or not shown:
+            return None
+        min_score, folder = self._filters(min_score, folder)
+        try:
+            if last["kind"] == "text":
+                query = {"kind": "text", "query": last["query"]}
+            elif last["kind"] == "upload":
+                query = {"kind": "upload", "image": self._load_upload(last["path"]),
+                         "name": os.path.basename(last["path"]), "text": last.get("text")}
+            else:
+                row = self.thumbs.row(last["id"])
+                if row is None:
+                    return self._empty(f"⚠️ No indexed photo with id {int(last['id'])}.")
+                query = {"kind": "like", "id": row.id, "name": os.path.basename(row.path), "text": last.get("text")}
+            return self._page(query, self._what(query), k, min_score, folder, shown)
+        except ImageLoadError as exc:
+            return self._empty(f"⚠️ Can't use this image: {_md(exc.reason)}.")
+        except ClipSearchError as exc:
+            return self._empty(f"⚠️ {_md(str(exc))}")
 
     # -- a selected photo ---------------------------------------------------------------
     def select(self, shown: Shown | None, index: int | None) -> PhotoOutput:
-        """The photo at `index` of the session's results."""
-        if not shown or index is None or not 0 <= int(index) < len(shown):
-            return PhotoOutput(None, "", None)
-        return self.photo(shown[int(index)]["id"])
+        """The photo at `index` of the session's results (clamped to them)."""
+        if not shown or index is None:
+            return PhotoOutput(NO_PHOTO, "", None)
+        index = max(0, min(len(shown) - 1, int(index)))
+        return self.photo(shown[index]["id"])._replace(index=index)
+
+    def step(self, shown: Shown | None, index: int | None, delta: int, more: bool = False) -> tuple[PhotoOutput, dict]:
+        """The previous (-1) or next (+1) photo of the results, and the grid with it highlighted."""
+        if not shown:
+            return PhotoOutput(NO_PHOTO, "", None), grid_value([], more=more)
+        index = 0 if index is None else max(0, min(len(shown) - 1, int(index) + int(delta)))
+        return self.select(shown, index), grid_value(shown, index, more=more)
 
     def photo(self, image_id: int | None) -> PhotoOutput:
-        """A larger view of an indexed photo and its facts: path, size, pixels, date."""
+        """An indexed photo, larger, and its facts: id, name, folder, pixels, size, date."""
         if image_id is None:
-            return PhotoOutput(None, "", None)
-        with self._lib():
+            return PhotoOutput(NO_PHOTO, "", None)
+        with self._lib() as lib:
             row = self.thumbs.row(image_id)
             if row is None:
-                return PhotoOutput(None, f"⚠️ No indexed photo with id {int(image_id)}.", None)
-            try:
-                image = self.thumbs.preview(row.id)
-            except ImageLoadError as exc:
-                return PhotoOutput(None, f"⚠️ {_md(os.path.basename(row.path))} can't be shown: {_md(exc.reason)}",
-                                   row.id)
-        dims = f"{row.width} × {row.height} px" if row.width and row.height else f"{image.width} × {image.height} px"
+                return PhotoOutput(NO_PHOTO, f"⚠️ No indexed photo with id {int(image_id)}.", None)
+            roots = lib.roots()
+        root = max((r for r in roots if row.path.startswith(r.rstrip("/") + "/")), key=len, default=None)
+        folder = os.path.relpath(os.path.dirname(row.path), os.path.dirname(root)) if root else os.path.dirname(row.path)
+        name = os.path.basename(row.path)
+        dims = f"{row.width} × {row.height} px" if row.width and row.height else "size unknown"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.mtime_ns / 1e9))
         size = human_bytes(row.size) + (f" ({row.size:,} bytes)" if row.size >= 1024 else "")
-        details = (f"**{_md(os.path.basename(row.path))}**  \n"
-                   f"{code_span(os.path.dirname(row.path))}  \n"
-                   f"{dims} · {size} · {when} · id #{row.id}")
+        details = (f"**{_md(name)}** · id **#{row.id}**  \n"
+                   f"{code_span(folder)}  \n"
+                   f"{dims} · {size} · {when}")
+        url = f"/api/photos/{row.id}/thumb?size={PREVIEW_THUMB}"
+        image = (f'<a href="{url}" target="_blank" rel="noopener" title="open larger">'
+                 f'<img src="{url}" alt="{html.escape(name)}" data-id="{row.id}"></a>')
         return PhotoOutput(image, details, row.id)
 
     # -- describe (image → text) ----------------------------------------------------------
@@ -279,10 +337,11 @@ class Handlers:
                                   None)
         try:
             if "id" in source:
-                shown = self.photo(source["id"])
-                if shown.selected is None:
-                    return DescribeOutput(None, [], shown.details, None)
-                image, subject = shown.image, int(source["id"])
+                with self._lib():
+                    row = self.thumbs.row(source["id"])
+                if row is None:
+                    return DescribeOutput(None, [], f"⚠️ No indexed photo with id {int(source['id'])}.", None)
+                image, subject = self.thumbs.preview(row.id, max_side=PREVIEW_THUMB), row.id
             else:
                 image = subject = self._load_upload(source["path"])
         except ImageLoadError as exc:
@@ -371,10 +430,10 @@ class Handlers:
     def click_map(self, view: "explore.MapView | None", x: float, y: float) -> tuple["Image.Image | None", PhotoOutput]:
         """The photo under a click at pixel (x, y) of the map, and the map with it ringed (None: unchanged)."""
         if view is None:
-            return None, PhotoOutput(None, "", None)
+            return None, PhotoOutput(NO_PHOTO, "", None)
         image_id = view.point_at(x, y)
         if image_id is None:
-            return None, PhotoOutput(None, "No photo there: click on a point.", None)
+            return None, PhotoOutput(NO_PHOTO, "No photo there: click on a point.", None)
         return explore.render(view, selected=image_id), self.photo(image_id)
 
     # -- library ------------------------------------------------------------------------

@@ -140,8 +140,9 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
     demo.launch(
         server_name=host, server_port=port, share=share, auth=auth, inbrowser=open_browser,
         prevent_thread_lock=True, quiet=on_ready is not None, show_error=False,
-        # Only the thumbnail folder: never the photo folders or the library folder itself.
-        allowed_paths=[str(thumbs)], blocked_paths=blocked_paths(library, thumbs),
+        # No folder of ours: thumbnails and photos go out through the API, by id. Gradio's file
+        # route serves only its own cache (what the app sent, what users uploaded).
+        allowed_paths=[], blocked_paths=blocked_paths(library, thumbs),
         max_file_size=MAX_FILE_SIZE, enable_monitoring=False, ssr_mode=False, mcp_server=False, pwa=False,
         run_history=False, footer_links=["settings"], auth_message="clipsearch: log in to see this photo library",
         app_kwargs=app_kwargs, **launch_kwargs(),

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 THUMBS_DIR = "thumbs"
 THUMB_SIZE = 256
 # The sizes the API makes (a size asked for is rounded up to one of these): a few, so the cache stays small.
-THUMB_SIZES = (128, 256, 512)
+THUMB_SIZES = (128, 256, 512, 1024)
 PREVIEW_SIZE = 1600
 MAX_CACHE_BYTES = 2 * 1024**3
 _TRIM_EVERY = 500  # new thumbnails between two checks of the cache's size

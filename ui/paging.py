@@ -1,0 +1,31 @@
+"""Paging through a ranking with a stable order, for the UI's "Load more" and the API's offsets."""
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence, TypeVar
+
+
+class Scored(Protocol):
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def id(self) -> int: ...
+
+
+H = TypeVar("H", bound=Scored)
+
+
+def stable_top(run: Callable[[int], Sequence[H]], n: int, *, limit: int = 100_000) -> list[H]:
+    """The top `n` hits of `run(k)` (a search for the best k) in a stable order: score, then id.
+
+    A nearest-neighbour search breaks ties arbitrarily, so the photos cut off at the n-th
+    place may differ between two calls with different k (between two pages). Here, while the
+    n-th score ties with the last one fetched, more are fetched, so that every hit with that
+    score is ordered by id and a page never repeats or skips one.
+    """
+    fetch = max(1, n)
+    while True:
+        hits = sorted(run(fetch), key=lambda h: (-h.score, h.id))
+        if len(hits) < fetch or len(hits) < n or hits[-1].score < hits[n - 1].score or fetch >= limit:
+            return hits[:n]
+        fetch = min(limit, fetch * 2)
