@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from typing import Any
 
@@ -30,7 +31,10 @@ def register(subparsers: Any) -> None:
         description="Draw N captioned images into OUT/images/ and write OUT/captions.csv "
                     "(open_clip csv format: filepath, title, canonical).")
     gen.add_argument("out", metavar="OUT", help="output folder, e.g. data/toyworld-train")
-    gen.add_argument("--n", type=_at_least(1), required=True, help="number of images")
+    gen.add_argument("--n", type=_at_least(0), default=None, help="number of images (required unless --videos)")
+    gen.add_argument("--videos", type=_at_least(0), default=0, metavar="N",
+                     help="also write N short clips whose scenes change at known times into OUT/videos/ "
+                          "and OUT/videos.csv (start, end, caption per segment)")
     gen.add_argument("--split", choices=toyworld.SPLITS, default="train",
                      help="train: no held-out combination; test: each image has one; "
                           "seen: a fresh sample of seen combinations (default: train)")
@@ -46,6 +50,18 @@ def register(subparsers: Any) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if args.n is None and not args.videos:
+        print("clipsearch toyworld generate: error: give --n IMAGES, --videos CLIPS, or both", file=sys.stderr)
+        return 2
+    if args.videos:
+        from clipsearch.toyworld_video import generate_videos
+
+        start = time.perf_counter()
+        video_csv = generate_videos(args.out, args.videos, seed=args.seed,
+                                    split="test" if args.split == "test" else "seen")
+        print(f"wrote {args.videos} clips and {video_csv} in {time.perf_counter() - start:.1f} s")
+    if not args.n:
+        return 0
     start = time.perf_counter()
     csv_path = toyworld.generate(
         args.out, args.n, split=args.split, seed=args.seed, size=args.size, workers=args.workers,
