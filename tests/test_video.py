@@ -185,3 +185,25 @@ def test_segment_around_the_best_frame() -> None:
     assert segment_around(times, np.array([0.9, 0.5, 0.5, 0.5, 0.5]), 0, duration=10.0) == (0.0, 1.0)
     assert segment_around(times, np.array([0.1, 0.1, 0.1, 0.1, 0.9]), 4, duration=10.0) == (7.0, 10.0)
     assert format_time(41.4) == "00:00:41" and format_time(3725) == "01:02:05"
+
+
+def test_toyworld_clips_have_segments_at_known_times(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from clipsearch.cli import toyworld as toyworld_cli
+    from clipsearch.toyworld_video import read_segments
+
+    parser = argparse.ArgumentParser(prog="clipsearch")
+    toyworld_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["toyworld", "generate", str(tmp_path), "--videos", "2", "--seed", "3"])
+    assert args.func(args) == 0
+    assert "2 clips" in capsys.readouterr().out
+    rows = read_segments(tmp_path / "videos.csv")
+    for clip in {r["filepath"] for r in rows}:
+        segments = [r for r in rows if r["filepath"] == clip]
+        assert 2 <= len(segments) <= 4 and float(segments[0]["start"]) == 0.0
+        assert all(a["end"] == b["start"] and a["canonical"] != b["canonical"] for a, b in zip(segments, segments[1:]))
+        info, _ = sample_frames(tmp_path / clip)
+        assert info.duration == pytest.approx(float(segments[-1]["end"]), abs=0.2)
+    args = parser.parse_args(["toyworld", "generate", str(tmp_path)])
+    assert args.func(args) == 2  # neither images nor clips asked for

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
         description="Draw N captioned images into OUT/images/ and write OUT/captions.csv "
                     "(open_clip csv format: filepath, title, canonical).")
     gen.add_argument("out", metavar="OUT", help="output folder, e.g. data/toyworld-train")
-    gen.add_argument("--n", type=_at_least(0), default=None, help="number of images (required unless --videos)")
+    gen.add_argument("--n", type=_at_least(1), default=None, help="number of images (required unless --videos)")
     gen.add_argument("--videos", type=_at_least(0), default=0, metavar="N",
                      help="also write N short clips whose scenes change at known times into OUT/videos/ "
                           "and OUT/videos.csv (start, end, caption per segment)")
