@@ -180,11 +180,13 @@ def _marked_processes(marker: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
-def test_sigkill_at_random_moments_until_done_then_no_process_is_left(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments_until_done_then_no_process_or_temp_folder_is_left(tmp_path: Path) -> None:
     photos, lib = tmp_path / "photos", tmp_path / "lib"
     make_photos(photos, 24)
     marker = f"CLIPSEARCH_CRASH_TEST={uuid.uuid4().hex}"
-    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, marker.split("=")[0]: marker.split("=")[1], "TMPDIR": str(temp)}
     rng = random.Random(6)
     kills = 0
     try:
@@ -207,6 +209,8 @@ def test_sigkill_at_random_moments_until_done_then_no_process_is_left(tmp_path: 
         while _marked_processes(marker) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _marked_processes(marker) == [], "processes of a killed indexer are still running"
+        # Nor anything in the temp directory (multiprocessing's pymp-* folders, before).
+        assert [p.name for p in temp.iterdir() if p.name.startswith("pymp-")] == []
     finally:
         for pid in _marked_processes(marker):
             os.kill(pid, signal.SIGKILL)

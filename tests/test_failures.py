@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ class BrokenEncoder(FakeEncoder):
 def test_an_encoder_that_fails_on_every_batch_stops_the_run_and_marks_nothing(tmp_path: Path) -> None:
     _photos(tmp_path / "photos", 6)
     with Library.open(tmp_path / "lib", encoder=BrokenEncoder()) as lib:
-        with pytest.raises(IndexingError, match="every file of a batch of 6 failed.*ONNX session is broken"):
+        with pytest.raises(IndexingError, match="6 files in a row failed.*ONNX session is broken"):
             lib.index(tmp_path / "photos")
         assert (lib.catalog.count("ok"), lib.catalog.count("error")) == (0, 0)
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
@@ -83,7 +84,7 @@ def test_the_cli_exits_1_when_the_encoder_fails_on_every_batch(tmp_path: Path, c
     _photos(tmp_path / "photos", 6)
     code = main(["-q", "index", str(tmp_path / "photos"), "-l", str(tmp_path / "lib")])
     assert code == 1
-    assert "every file of a batch" in capsys.readouterr().err
+    assert "files in a row failed" in capsys.readouterr().err
 
 
 def test_a_decoder_worker_killed_mid_file_is_tried_again_next_run(tmp_path: Path,
@@ -105,6 +106,24 @@ def test_a_decoder_worker_killed_mid_file_is_tried_again_next_run(tmp_path: Path
         monkeypatch.undo()
         again = lib.index(tmp_path / "photos")
         assert (again.added, again.unchanged, again.skipped) == (1, PROCESS_MIN_FILES - 1, [])
+
+
+def test_decoders_killed_on_every_file_of_a_batch_stop_the_run(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import decode_faults
+
+    folder = tmp_path / "photos"
+    for i in range(PROCESS_MIN_FILES + 40):
+        write_colour_photos(folder, ["red"])
+        os.rename(folder / "red.jpg", folder / f"kill{i:02d}.jpg")
+    monkeypatch.setattr(clipsearch.indexer, "_DecodeStream",
+                        functools.partial(_DecodeStream, decode=decode_faults.killed_on_marked))
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        started = time.monotonic()
+        with pytest.raises(IndexingError, match="8 files in a row failed.*was killed by SIGKILL"):
+            lib.index(folder)
+        assert time.monotonic() - started < 60  # stopped after 8 in a row, not after 56 worker restarts
+        assert lib.catalog.count(None) == 0
 
 
 def test_a_decoder_that_crashes_once_gets_a_second_chance_in_a_fresh_process(

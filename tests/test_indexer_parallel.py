@@ -154,6 +154,7 @@ def test_an_encoder_failure_in_the_pixel_path_costs_one_file(
     odd = [s for s in report.skipped if "odd pixels" in s.reason]
     assert [s.path for s in odd] == [str(tmp_path / "photos" / "strip.png")]
     assert odd[0].reason == "could not encode: odd pixels"
+    assert odd[0].retry  # the encoder's fault, not the file's: nothing recorded, tried again next run
     assert report.added == 8
 
 

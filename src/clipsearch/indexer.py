@@ -447,7 +447,7 @@ class Indexer:
 
 
 def check_systematic(reasons: Sequence[str], total: int) -> None:
-    """Raise IndexingError when all `total` files of a batch failed for a reason not their own.
+    """Raise IndexingError when all `total` files of a batch (or a run of files in a row) failed for a reason not their own.
 
     `reasons`: the batch's runtime failures (workers killed, timeouts, encoder errors).
     Nothing of the batch has been recorded when this raises.
@@ -459,7 +459,7 @@ def check_systematic(reasons: Sequence[str], total: int) -> None:
         counts[r] = counts.get(r, 0) + 1
     common, n = max(counts.items(), key=lambda kv: kv[1])
     raise IndexingError(
-        f"every file of a batch of {total} failed ({n} with: {common}); this is not the files' fault, so the "
+        f"{total} files in a row failed, none indexed ({n} with: {common}); this is not the files' fault, so the "
         "run stopped and nothing was recorded against them. Fix the cause and run again: what was indexed "
         "before is kept")
 
@@ -491,6 +491,7 @@ class _DecodeStream:
         self._pool: Executor | None = None
         self._records = iter(todo)
         self._pending: deque[tuple[FileRecord, Future]] = deque()
+        self._streak: list[str] = []  # the reasons of the last runtime failures in a row
 
     def __enter__(self) -> "_DecodeStream":
         self._pool = self._new_pool()
@@ -525,6 +526,11 @@ class _DecodeStream:
             raise StopIteration
         record, future = self._pending.popleft()
         result = self._result(record, future, again=True)
+        # Decoders dying (or timing out) on file after file: the machine's fault; stop before
+        # spending a worker restart on every remaining file.
+        self._streak = self._streak + [result.error or ""] if result.fault == RUNTIME and result.error else []
+        if len(self._streak) >= 2 * SYSTEMATIC_MIN:
+            check_systematic(self._streak, len(self._streak))
         self._top_up()  # before handing over, so the workers keep going while the reader encodes
         return result
 
