@@ -176,6 +176,32 @@ def test_shard_round_trip_and_damaged_shard(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_failures_not_the_files_own_are_not_recorded_from_shards(tmp_path: Path) -> None:
+    from clipsearch.distributed import _ingest_rows
+    from clipsearch.indexer import plan_sync
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (8, 8), COLOURS["red"]).save(photos / f"{name}.jpg")
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        plan = plan_sync(lib.catalog, str(photos))
+        recs = sorted(plan.todo, key=lambda r: r.path)
+        shard = Shard(paths=[r.path for r in recs], sizes=np.array([r.size for r in recs]),
+                      mtimes=np.array([r.mtime_ns for r in recs]), widths=np.array([8, -1, -1]),
+                      heights=np.array([8, -1, -1]), errors=[None, "not an image file", "could not encode: boom"],
+                      vectors=np.eye(3, lib.dim, dtype=np.float32), retry=[False, False, True])
+        path = tmp_path / "s.parquet"
+        write_shard(path, shard, model="m/p")
+        back = read_shard(path, dim=lib.dim, model="m/p")
+        assert back is not None and back.retry == [False, False, True]
+        _ingest_rows(lib, back, [0, 1, 2], plan, update_index=True)
+        assert [(os.path.basename(s.path), s.retry) for s in plan.report.skipped] == [("b.jpg", False),
+                                                                                      ("c.jpg", True)]
+        assert lib.catalog.find_path(recs[1].path).status == "error"  # the file's own fault: remembered
+        assert lib.catalog.find_path(recs[2].path) is None  # the encoder's: tried again next run
+
+
 # -- same library as one machine -------------------------------------------------------------
 @pytest.mark.parametrize("ray_cluster", ["local", "two-node"], indirect=True)
 def test_same_library_as_one_machine(ray_cluster: str, photos: Path, tmp_path: Path) -> None:

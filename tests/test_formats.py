@@ -60,7 +60,8 @@ def _samples(folder: Path) -> dict[str, Path]:
     for name, fmt, kwargs in [("photo.avif", "AVIF", {"quality": 90}), ("photo.jp2", "JPEG2000", {}),
                               ("photo.tga", "TGA", {}), ("photo.webp", "WEBP", {"quality": 95}),
                               ("photo.tif", "TIFF", {}), ("photo.png", "PNG", {}), ("photo.bmp", "BMP", {}),
-                              ("photo.gif", "GIF", {})]:
+                              ("photo.gif", "GIF", {}), ("icon.ico", "ICO", {"sizes": [(96, 64)]}),
+                              ("texture.dds", "DDS", {})]:
         im.save(folder / name, fmt, **kwargs)
         out[name] = folder / name
     # MPO: a stereo camera's two pictures in one file; the first is the photo.

@@ -202,6 +202,9 @@ class Shard:
     heights: np.ndarray        # int32, -1: unknown
     errors: list[str | None]   # None: indexed
     vectors: np.ndarray        # (n, dim) float32; zeros for skipped files
+    # True where the error is not the file's own (indexer.SkippedFile.retry): not recorded, tried
+    # again next run. None: none is (shards written before this column).
+    retry: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -221,6 +224,7 @@ def write_shard(path: Path, shard: Shard, *, model: str) -> None:
         "width": pa.array(shard.widths, pa.int32()),
         "height": pa.array(shard.heights, pa.int32()),
         "error": pa.array(shard.errors, pa.string()),
+        "retry": pa.array(shard.retry if shard.retry is not None else [False] * len(shard), pa.bool_()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
     }).replace_schema_metadata({_META_MODEL: model.encode(), _META_DIM: str(dim).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,6 +261,7 @@ def read_shard(path: Path, *, dim: int, model: str | None = None) -> Shard | Non
             heights=table.column("height").to_numpy().astype(np.int32),
             errors=table.column("error").to_pylist(),
             vectors=np.asarray(flat, np.float32).reshape(-1, dim),
+            retry=table.column("retry").to_pylist() if "retry" in table.column_names else None,
         )
     except Exception as exc:  # pyarrow raises several types for a damaged file
         log.warning("shard %s is unreadable (%s); its files will be embedded again", path, exc)
@@ -297,6 +302,7 @@ class _Embedder:
         dim = int(self.encoder.dim)
         vectors = np.zeros((len(records), dim), np.float32)
         errors = [d[3] for d in decoded]
+        retry = [d[4] for d in decoded]
         ok = [i for i, d in enumerate(decoded) if d[3] is None]
         for start in range(0, len(ok), self.batch_size):
             rows = ok[start:start + self.batch_size]
@@ -304,7 +310,7 @@ class _Embedder:
                 if err is None:
                     vectors[i] = vec
                 else:
-                    errors[i] = err
+                    errors[i], retry[i] = err, True  # the encoder's fault, not the file's
         sizes = [d[2] for d in decoded]
         return {
             "path": np.array([d[0].path for d in decoded], dtype=object),
@@ -313,28 +319,30 @@ class _Embedder:
             "width": np.array([s[0] if s else -1 for s in sizes], np.int32),
             "height": np.array([s[1] if s else -1 for s in sizes], np.int32),
             "error": np.array([e or "" for e in errors], dtype=object),
+            "retry": np.array(retry, dtype=bool),
             "embedding": vectors,
         }
 
-    def _decode(self, record: FileRecord) -> tuple[FileRecord, Any, tuple[int, int] | None, str | None]:
-        """(record as decoded, model input, original size, reason skipped): `indexer._decode`'s contract."""
+    def _decode(self, record: FileRecord) -> tuple[FileRecord, Any, tuple[int, int] | None, str | None, bool]:
+        """(record as decoded, model input, original size, reason skipped, whether to retry it next run):
+        `indexer._decode`'s contract, and its classification of whose fault a failure is."""
         try:
             image = load_image(record.path, target_size=self.target_size)
         except ImageLoadError as exc:
-            return record, None, None, exc.reason
-        except Exception as exc:  # a loader bug must cost one file, not the run
+            return record, None, None, exc.reason, exc.transient
+        except Exception as exc:  # a loader bug must cost one file, not the run; not the file's fault
             log.warning("unexpected error decoding %s", record.path, exc_info=True)
-            return record, None, None, f"unexpected error: {exc}"
+            return record, None, None, f"unexpected error: {exc}", True
         original = image.info.get("original_size")
         read = image.info.get("file_stat")
         if read is not None and read != (record.size, record.mtime_ns):
             record = FileRecord(record.path, *read)  # changed since the scan: record the version decoded
         if self.spec is None:
-            return record, image, original, None
+            return record, image, original, None, False
         try:
-            return record, to_pixels(image, self.spec), original, None
+            return record, to_pixels(image, self.spec), original, None, False
         except Exception as exc:
-            return record, None, None, f"could not encode: {exc}"
+            return record, None, None, f"could not encode: {exc}", True
 
     def _encode(self, items: list[tuple[int, Any]]) -> list[tuple[int, np.ndarray | None, str | None]]:
         def encode(inputs: list[Any]) -> np.ndarray:
@@ -378,6 +386,7 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     with lib.write_lock(wait), ray_session(options) as ray:
         lib.indexes.set_choice(index_kind, max_memory)
         plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
+        plan.report.attempted = len(plan.todo)
         report = plan.report
         # The index this run ends with, judged before it starts: when it is to be built on
         # Ray anyway, the current one is not updated file by file on the way.
@@ -497,9 +506,12 @@ def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: SyncPlan, 
     report = plan.report
     new_rows: list[NewImage] = []
     failures: list[tuple[str, int, int, str]] = []
+    transient: list[tuple[str, str]] = []
     for i in rows:
         path, size, mtime = shard.paths[i], int(shard.sizes[i]), int(shard.mtimes[i])
-        if shard.errors[i]:
+        if shard.errors[i] and shard.retry is not None and shard.retry[i]:
+            transient.append((path, shard.errors[i]))  # not the file's fault: its row stays as it was
+        elif shard.errors[i]:
             failures.append((path, size, mtime, shard.errors[i]))
         else:
             w, h = int(shard.widths[i]), int(shard.heights[i])
@@ -521,6 +533,7 @@ def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: SyncPlan, 
         else:
             report.added += 1
     report.skipped.extend(SkippedFile(path, reason) for path, _, _, reason in failures)
+    report.skipped.extend(SkippedFile(path, reason, retry=True) for path, reason in transient)
 
 
 def _worker_resources(ray: Any, options: RayOptions) -> tuple[int, float, float]:
@@ -568,7 +581,8 @@ def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: 
             errors = [str(e) or None for e in batch["error"]]
             yield Shard(paths=[str(p) for p in batch["path"]], sizes=batch["size"], mtimes=batch["mtime_ns"],
                         widths=batch["width"], heights=batch["height"], errors=errors,
-                        vectors=np.asarray(batch["embedding"], np.float32))
+                        vectors=np.asarray(batch["embedding"], np.float32),
+                        retry=[bool(r) for r in batch["retry"]])
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 

@@ -52,7 +52,7 @@ _PILLOW_EXTENSIONS: dict[str, str] = {
     **dict.fromkeys((".jpg", ".jpeg", ".jpe", ".jfif"), "JPEG"), ".mpo": "MPO",
     ".png": "PNG", ".gif": "GIF", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
     ".avif": "AVIF", **dict.fromkeys((".jp2", ".j2k", ".jpx", ".jpf", ".j2c"), "JPEG2000"),
-    ".psd": "PSD", ".tga": "TGA", **dict.fromkeys((".heic", ".heif", ".hif"), "HEIF"),
+    ".psd": "PSD", ".tga": "TGA", ".ico": "ICO", ".dds": "DDS", **dict.fromkeys((".heic", ".heif", ".hif"), "HEIF"),
 }
 # Camera RAW, read with rawpy (LibRaw).
 RAW_EXTENSIONS: frozenset[str] = frozenset(
@@ -69,8 +69,10 @@ DEFAULT_MAX_BYTES: int = 256 * 1024 * 1024
 MAX_ASPECT_RATIO: int = 100
 
 # Tried on every file whatever its name (each has a magic number); MPO (camera multi-picture
-# JPEG) comes through the JPEG factory. TGA has no magic number: tried only for .tga files.
+# JPEG) comes through the JPEG factory. TGA, ICO and DDS have no (or a weak) magic number:
+# tried only for files named so, never guessed for a file of another name.
 _BASE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "JPEG2000", "PSD")
+_BY_NAME_ONLY = frozenset({"TGA", "ICO", "DDS"})
 _INSTALL_HINT: dict[str, str] = {
     "HEIF": "HEIC/HEIF photos need pillow-heif: pip install 'clipsearch[heic]'",
     "AVIF": "AVIF photos need a Pillow built with AVIF (the PyPI wheels of Pillow >= 11.3): pip install -U pillow",
@@ -535,8 +537,8 @@ def _stretch_narrow_high_bytes(rgb: Image.Image) -> Image.Image:
 
 def _allowed_formats(ext: str = "") -> tuple[str, ...]:
     allowed = tuple(f for f in _BASE_FORMATS if _readable(f))
-    if ext == ".tga":
-        allowed += ("TGA",)
+    if _PILLOW_EXTENSIONS.get(ext) in _BY_NAME_ONLY:
+        allowed += (_PILLOW_EXTENSIONS[ext],)
     if _register_heif():
         allowed += ("HEIF",)
     return allowed
@@ -574,7 +576,8 @@ def formats() -> list[FormatSupport]:
     """Every photo format clipsearch knows, and whether this installation reads it (`clipsearch info --formats`)."""
     names = {"JPEG": "JPEG", "MPO": "MPO (camera multi-picture JPEG)", "PNG": "PNG", "GIF": "GIF (first frame)",
              "WEBP": "WebP", "BMP": "BMP", "TIFF": "TIFF", "AVIF": "AVIF", "JPEG2000": "JPEG 2000",
-             "PSD": "Photoshop PSD (the composite image)", "TGA": "Targa TGA", "HEIF": "HEIC/HEIF"}
+             "PSD": "Photoshop PSD (the composite image)", "TGA": "Targa TGA", "HEIF": "HEIC/HEIF",
+             "ICO": "Windows icon (the largest size)", "DDS": "DirectDraw Surface texture"}
     by_format: dict[str, list[str]] = {}
     for ext, fmt in _PILLOW_EXTENSIONS.items():
         by_format.setdefault(fmt, []).append(ext)
