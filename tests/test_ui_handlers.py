@@ -310,3 +310,48 @@ def test_serve_command_defaults_are_private():
     assert (args.host, args.port, args.auth, args.auth_file, args.share) == ("127.0.0.1", None, None, None, False)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--auth", "a:b", "--auth-file", "f"])
+
+
+def test_pca_axes_match_an_svd_of_the_data():
+    from clipsearch_ui import explore
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 32)) * np.linspace(3, 0.1, 32)).astype(np.float32)
+    proj = explore.fit_projection(x, "pca")
+    _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    for got, want in zip(proj.components, vt[:2]):
+        assert abs(float(got @ want)) > 0.9999
+
+
+def test_the_maps_projection_is_fitted_once_per_photo_set(handlers, monkeypatch, library, tmp_path):
+    from clipsearch_ui import explore
+
+    calls = []
+    real = explore.fit_projection
+    monkeypatch.setattr(explore, "fit_projection", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = handlers.draw_map("folder", "red")
+    handlers.draw_map("folder", "blue")
+    handlers.draw_map("label")
+    assert len(calls) == 1
+    write_more = tmp_path / "photos" / "more"
+    from fakes import write_colour_photos
+
+    write_colour_photos(write_more, ["red"])
+    library.index(tmp_path / "photos")
+    again = handlers.draw_map("folder", "red")
+    assert len(calls) == 2 and len(again.view.ids) == len(first.view.ids) + 1
+
+
+def test_thumbnails_are_made_ahead_and_the_cache_is_bounded(library, ids):
+    from clipsearch_ui.thumbs import Thumbnails
+
+    thumbs = Thumbnails(library, max_bytes=5_000)
+    assert thumbs.warm(sorted(ids.values())) == 8
+    assert thumbs.warm(sorted(ids.values())) == 0  # already there
+    made = list(thumbs.folder.glob("*.jpg"))
+    total = sum(p.stat().st_size for p in made)
+    assert total > 5_000
+    removed = thumbs.trim()
+    left = sum(p.stat().st_size for p in thumbs.folder.glob("*.jpg"))
+    assert removed > 0 and left <= 4_500
+    assert thumbs.path(ids["red"]).exists()  # made again on demand

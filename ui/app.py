@@ -36,6 +36,7 @@ CSS = """
 @media (max-width: 640px) {
   .gradio-container { padding-left: 6px !important; padding-right: 6px !important; }
   #map img { width: 100% !important; height: auto !important; }
+  #photo-panel img { max-height: 42vh; }
 }
 """
 SEARCH_TAB, DESCRIBE_TAB, EXPLORE_TAB, LIBRARY_TAB = "search", "describe", "explore", "library"

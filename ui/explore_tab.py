@@ -24,7 +24,7 @@ def build(ctx: "AppContext", tab: gr.Tab) -> dict:
     status = gr.Markdown(elem_id="map-status")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
-            image = gr.Image(show_label=False, interactive=False, format="png", elem_id="map",
+            image = gr.Image(show_label=False, interactive=False, format="jpeg", elem_id="map",
                              buttons=["fullscreen"])
         with gr.Column(scale=1, min_width=260, elem_id="map-panel"):
             photo = gr.HTML(NO_PHOTO, elem_id="map-photo")
@@ -43,8 +43,8 @@ def build(ctx: "AppContext", tab: gr.Tab) -> dict:
         return (drawn if drawn is not None else gr.skip()), out.image, out.details, out.selected
 
     gr.on([tab.select, draw_btn.click, query.submit, colour_by.input], on_map, [colour_by, query, search_query],
-          [image, status, view, query, selected], trigger_mode="always_last", api_name="map")
-    image.select(on_click, [view], [image, photo, details, selected], api_visibility="private")
+          [image, status, view, query, selected], trigger_mode="always_last", api_name="map", queue=False)
+    image.select(on_click, [view], [image, photo, details, selected], api_visibility="private", queue=False)
     if search is not None:
         search.show_like(like_btn.click, selected)
     return {"selected": selected}

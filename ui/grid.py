@@ -2,8 +2,8 @@
 
 Gradio's `gr.Gallery` keeps a fixed number of columns (5 at 400 px, two hidden behind a
 sideways scroll), cuts captions short, and copies every thumbnail into its file cache on
-each search. This grid is a CSS grid that fills the width it gets (2–3 columns on a phone,
-6–7 at 1400 px), shows each file's full name (wrapped, and on hover), and loads each
+each search. This grid is a CSS grid that fills the width it gets (3 columns on a phone,
+4–7 at 1400 px), shows each file's full name (wrapped, and on hover), and loads each
 thumbnail from the API (`/api/photos/ID/thumb`, cached by the browser: ids are never
 reused), so a search sends only ids, names and scores.
 
@@ -40,7 +40,8 @@ CSS = """
 .cs-score { color: var(--body-text-color-subdued); font-variant-numeric: tabular-nums; }
 .cs-tile.selected { border-color: var(--color-accent); box-shadow: 0 0 0 2px var(--color-accent); }
 .cs-grid:focus-visible .cs-tile.selected { outline: 2px dashed var(--color-accent); outline-offset: 2px; }
-@media (max-width: 480px) { .cs-grid { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)); gap: 6px; } }
+@media (max-width: 480px) { .cs-grid { grid-template-columns: repeat(auto-fill, minmax(92px, 1fr)); gap: 6px; }
+                            .cs-tile figcaption { font-size: 11px; padding: 2px 3px; } }
 """
 
 # `element`, `trigger` and `watch` come from Gradio (see gr.HTML's js_on_load).

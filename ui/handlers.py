@@ -128,6 +128,7 @@ class Handlers:
         self.max_upload_bytes = max_upload_bytes
         # One caller at a time: the catalog's SQLite connection and the FAISS index are shared.
         self.lock = threading.RLock()
+        self._map_cache: dict[tuple, tuple] = {}
 
     @contextlib.contextmanager
     def _lib(self) -> Iterator["Library"]:
@@ -391,8 +392,15 @@ class Handlers:
                                  "The library is empty.", None)
             ids = explore.sample_ids(all_ids, max_points)
             ids, vectors = lib.vectors(ids.tolist())
-            paths = [lib.get_image(int(i)).path for i in ids]  # type: ignore[union-attr]
-            groups = self._folder_groups(paths, lib.roots())
+            # The sample's projection and folders only change when the photos do: kept between draws
+            # (a new query, another colouring, another session), keyed by the ids drawn.
+            key = (ids.tobytes(), method, tuple(lib.roots()))
+            cached = self._map_cache.get(key)
+            if cached is None:
+                paths = [lib.get_image(int(i)).path for i in ids]  # type: ignore[union-attr]
+                cached = (explore.fit_projection(vectors, method), self._folder_groups(paths, lib.roots()))
+                self._map_cache = {key: cached}
+            projection, groups = cached
             if colour_by == "label":
                 texts, text_vecs = lib.text_vectors()
                 if texts:
@@ -410,7 +418,7 @@ class Handlers:
                     notes.append(f"⚠️ The query is not marked: {_md(str(exc))}")
                     query = None
         view = explore.build_view(ids, vectors, groups, total=len(all_ids), colour_by=colour_by,
-                                  query=query, query_vector=qvec, method=method)
+                                  query=query, query_vector=qvec, method=method, projection=projection)
         status = f"{view.method} map of {len(ids)}" + (f" of {len(all_ids)}" if len(ids) < len(all_ids) else "")
         status += " photos. Click a point to see the photo."
         if query:

@@ -131,7 +131,8 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
         return step
 
     gr.on([query.submit, query.change], on_query, [query, *filters], [*results, last_search],
-          trigger_mode="always_last", show_progress="minimal", api_name="search")
+          trigger_mode="always_last", show_progress="minimal", api_name="search",
+          queue=False)  # Gradio's queue (join, then a server-sent event stream) cost ~0.7 s per search: skipped
     upload.upload(on_upload, [upload, upload_text, *filters], [*results, last_search, upload, uploaded],
                   trigger_mode="always_last", api_name="search_image")
     gr.on([upload_btn.click, upload_text.submit], on_upload, [uploaded, upload_text, *filters],
@@ -139,15 +140,15 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
     # Sliders: dragging (release) and typing a number (input; Enter or leaving the box) both re-run.
     gr.on([k.release, k.input, min_score.release, min_score.input, folder.input], on_filter,
           [last_search, *filters], [*results, last_search], trigger_mode="always_last", show_progress="minimal",
-          api_visibility="private")
+          api_visibility="private", queue=False)
     more_btn.click(on_more, [last_search, shown, sel_index, *filters], [grid, status, shown, more, more_btn],
-                   api_visibility="private")
+                   api_visibility="private", queue=False)
     photo_out = [photo, details, selected, sel_index]
-    grid.select(on_select, [shown], photo_out, api_visibility="private", show_progress="hidden")
+    grid.select(on_select, [shown], photo_out, api_visibility="private", show_progress="hidden", queue=False)
     prev_btn.click(on_step(-1), [shown, sel_index, more], [*photo_out, grid], api_visibility="private",
-                   show_progress="hidden")
+                   show_progress="hidden", queue=False)
     next_btn.click(on_step(+1), [shown, sel_index, more], [*photo_out, grid], api_visibility="private",
-                   show_progress="hidden")
+                   show_progress="hidden", queue=False)
 
     def show_like(trigger: Any, id_state: gr.State, text: gr.Textbox | None = None) -> None:
         """Wire `trigger` (an event, e.g. a button's .click) to "More like this" of the photo in `id_state`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +25,7 @@ DEFAULT_HOST = "127.0.0.1"
 # Host headers a loopback-only server answers to (Starlette keeps the brackets of IPv6 literals).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MAX_FILE_SIZE = "25mb"
+WARM_THUMBNAILS = 2000  # thumbnails made in the background at start (newest photos first); the rest on first sight
 GRADIO_CACHE_DIR = "cache/gradio"
 _PRIVATE_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm", "index.faiss", "index.faiss.json",
                   "lock")
@@ -84,6 +86,25 @@ def blocked_paths(library: "Library", thumbs: Path) -> list[str]:
     return blocked
 
 
+def _warm_up(library: "Library") -> None:
+    """Load the text encoder before the server says it is ready, so the first search is as quick as any."""
+    try:
+        library.query_vector("a photo")
+    except ClipSearchError as exc:  # an empty or unusable library still serves its UI, which says why
+        log.warning("could not load the model ahead: %s", exc)
+
+
+def _prepare(handlers: Any) -> None:
+    """In the background once serving: the map's projection, then thumbnails of the first photos."""
+    try:
+        handlers.draw_map("folder")
+        with handlers.lock:
+            ids = handlers.library.image_ids()[-WARM_THUMBNAILS:][::-1]
+        handlers.thumbs.warm(ids, lock=handlers.lock)
+    except Exception:  # noqa: BLE001 - only a head start: the same work happens on demand
+        log.debug("preparing the UI ahead failed", exc_info=True)
+
+
 def _gradio_login(app: Any) -> Callable[[Any], bool]:
     """Whether a request carries the UI's login cookie (Gradio's App keeps the logged-in tokens)."""
     def logged_in(request: Any) -> bool:
@@ -137,6 +158,7 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
 
         allowed = sorted({*LOOPBACK_HOSTS, f"[{host}]" if ":" in host else host})
         app_kwargs["middleware"] = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed)]
+    _warm_up(library)
     demo.launch(
         server_name=host, server_port=port, share=share, auth=auth, inbrowser=open_browser,
         prevent_thread_lock=True, quiet=on_ready is not None, show_error=False,
@@ -149,6 +171,7 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
     )
     if auth is not None:
         access.logged_in = _gradio_login(demo.server_app)
+    threading.Thread(target=_prepare, args=(handlers,), name="clipsearch-prepare", daemon=True).start()
     demo.clipsearch_api = api  # type: ignore[attr-defined]
     if on_ready is not None:
         on_ready(demo.share_url or demo.local_url or f"http://{host}:{port}/")

@@ -10,12 +10,14 @@ thumbnails are deleted (they are made again when shown).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from PIL import Image, ImageDraw
 
@@ -91,6 +93,25 @@ class Thumbnails:
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         self._save(image, dest)
         return dest
+
+    def warm(self, ids: Iterable[int], *, lock: "contextlib.AbstractContextManager | None" = None,
+             pause: float = 0.002) -> int:
+        """Make the missing default-size thumbnails of `ids` in the background (resting twice as long as
+        each took, at least `pause` s); returns how many were made. `lock` guards the catalog."""
+        made = 0
+        for image_id in ids:
+            if self.cached(int(image_id)).exists():
+                continue
+            with lock or contextlib.nullcontext():
+                row = self.row(int(image_id))
+            if row is None:
+                continue
+            started = time.perf_counter()
+            self.path_for(row)
+            made += 1
+            # At most a third of one core: searches and the page's own thumbnails come first.
+            time.sleep(max(pause, 2 * (time.perf_counter() - started)))
+        return made
 
     def preview(self, image_id: int, max_side: int = PREVIEW_SIZE) -> Image.Image:
         """The photo itself, decoded by the safe loader and scaled down to `max_side` for the browser."""
