@@ -692,8 +692,9 @@ def _place_relation(a: Image.Image, b: Image.Image, relation: str, size: int,
     return (corner_first, corner_second) if first is a else (corner_second, corner_first)
 
 
-def render(scene: Scene, rng: np.random.Generator, size: int = 256) -> Image.Image:
-    """Draw `scene` as an RGB image `size` pixels square; positions, sizes, shades and noise come from `rng`."""
+def _layers(scene: Scene, rng: np.random.Generator, size: int
+            ) -> tuple[Image.Image, list[Image.Image], list[tuple[int, int]]]:
+    """The background, the object sprites and their corners, drawn in `render`'s order."""
     img = _background(scene, rng, size)
     if scene.relation is None:
         lo, hi = ((.42, .58), (.32, .42), (.27, .34))[scene.count - 1]
@@ -708,11 +709,60 @@ def render(scene: Scene, rng: np.random.Generator, size: int = 256) -> Image.Ima
             for colour, obj in scene.objects
         ]
         corners = list(_place_relation(sprites[0], sprites[1], scene.relation, size, rng))
+    return img, sprites, corners
+
+
+def _composite(background: Image.Image, sprites: list[Image.Image], corners: Sequence[tuple[int, int]],
+               rng: np.random.Generator) -> Image.Image:
+    img = background.copy()
     for sprite, corner in zip(sprites, corners):
         img.paste(sprite, corner, sprite)
     arr = np.asarray(img, dtype=np.float32)
     arr += rng.standard_normal(arr.shape, dtype=np.float32) * float(rng.uniform(2.0, 6.0))
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def render(scene: Scene, rng: np.random.Generator, size: int = 256) -> Image.Image:
+    """Draw `scene` as an RGB image `size` pixels square; positions, sizes, shades and noise come from `rng`."""
+    background, sprites, corners = _layers(scene, rng, size)
+    return _composite(background, sprites, corners, rng)
+
+
+def render_series(scene: Scene, rng: np.random.Generator, n: int, size: int = 256, *,
+                  motion: float = 0.04, reframe: float = 0.0) -> list[Image.Image]:
+    """`n` shots of one moment, like a burst: one drawing of `scene` whose objects move a little between shots.
+
+    With `reframe` 0 the first shot is `render(scene, rng, size)` for the same `rng`
+    state. In each later shot every object has moved by a third to all of `motion` of the
+    image size from the previous shot, and the sensor noise is new. With `reframe` > 0
+    every shot is a window of `1 - 2 * reframe` of the drawing at a random offset, scaled
+    back to `size`: the camera moved a little. Shots of one series are one moment; the
+    same scene drawn from another `rng` is another picture.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not 0 <= reframe < 0.25:
+        raise ValueError(f"reframe must be in [0, 0.25), got {reframe}")
+    background, sprites, corners = _layers(scene, rng, size)
+    where = [tuple(map(float, c)) for c in corners]
+    shots = []
+    for i in range(n):
+        if i:
+            moved = []
+            for (x, y), sprite in zip(where, sprites):
+                angle = float(rng.uniform(0, 2 * math.pi))
+                step = size * motion * float(rng.uniform(1 / 3, 1))
+                w, h = sprite.size
+                moved.append((min(max(x + step * math.cos(angle), 0.0), float(size - w)),
+                              min(max(y + step * math.sin(angle), 0.0), float(size - h))))
+            where = moved
+        shot = _composite(background, sprites, [(round(x), round(y)) for x, y in where], rng)
+        if reframe > 0:
+            x0, y0 = (float(v) for v in rng.uniform(0, 2 * reframe, 2) * size)
+            side = (1 - 2 * reframe) * size
+            shot = shot.resize((size, size), Image.Resampling.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
+        shots.append(shot)
+    return shots
 
 
 # ---------------------------------------------------------------------------------------
