@@ -304,6 +304,20 @@ class Catalog:
                 self._db.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         return len(ids)
 
+    def rename_path(self, old: str, new: str) -> bool:
+        """Record that the file catalogued at `old` now lives at `new` (moved, same bytes): no re-encoding.
+
+        Returns False when `old` is not catalogued. A row already at `new` (a stale one) is
+        replaced. The index is unaffected (ids stay), so the generation is not bumped.
+        """
+        with self.transaction(bump=False):
+            if self._db.execute("SELECT 1 FROM images WHERE path=?", (old,)).fetchone() is None:
+                return False
+            if old != new:
+                self._db.execute("DELETE FROM images WHERE path=?", (new,))
+                self._db.execute("UPDATE images SET path=? WHERE path=?", (new, old))
+        return True
+
     def count(self, status: str | None = "ok") -> int:
         if status is None:
             return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])

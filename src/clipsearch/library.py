@@ -33,6 +33,9 @@ from clipsearch.search import Hit, Searcher, TextHit
 if TYPE_CHECKING:
     from PIL import Image
 
+    from clipsearch.duplicates import DuplicateGroup, DuplicateOptions, DuplicateReport
+    from clipsearch.duplicates.moves import MoveJournal
+
     from clipsearch.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -355,6 +358,47 @@ class Library:
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, vectors) of indexed images, all or the given ids."""
         return self.catalog.vectors_of(ids, self.dim)
+
+    def duplicates(self, level: str = "copies", *, folder: str | os.PathLike | None = None,
+                   options: "DuplicateOptions | None" = None, progress: bool = False,
+                   report: "DuplicateReport | None" = None) -> "list[DuplicateGroup]":
+        """Groups of copies of one picture (`level="copies"`) or of shots of one moment (`"moments"`).
+
+        Each group names a suggested keeper and why. Candidates come from the stored vectors
+        and the photos' hashes (read once per file version and cached in the library folder),
+        never all pairs; see `clipsearch.duplicates` and docs/duplicates.md. Nothing is
+        deleted or moved: see `move_duplicates`.
+        """
+        from clipsearch.duplicates import FactsCache, find_duplicates
+
+        self.refresh()
+        cache = FactsCache.for_library(self.folder)
+        try:
+            return find_duplicates(self.catalog, self.dim, level=level,
+                                   folder=os.fspath(folder) if folder else None, options=options, cache=cache,
+                                   progress=progress, report=report)
+        finally:
+            cache.close()
+
+    def move_duplicates(self, groups: "Sequence[DuplicateGroup]", dest: str | os.PathLike, *, dry_run: bool = False,
+                        wait: float = 0.0) -> "MoveJournal":
+        """Move every member but the keeper of each group under `dest`, journalled; the catalog follows.
+
+        The journal (returned; written to `dest` before the first move) lists every move;
+        `undo_moves(journal_path)` puts every file back. With `dry_run` nothing is moved and
+        no journal is written: the returned journal says what would happen.
+        """
+        from clipsearch.duplicates.moves import move_others
+
+        with self.write_lock(wait):
+            return move_others(self.catalog, groups, dest, roots=self.roots(), dry_run=dry_run)
+
+    def undo_moves(self, journal: str | os.PathLike, *, wait: float = 0.0) -> "MoveJournal":
+        """Put back every file a `move_duplicates` journal moved; the catalog follows. Returns the journal as undone."""
+        from clipsearch.duplicates.moves import undo
+
+        with self.write_lock(wait):
+            return undo(self.catalog, journal)
 
     def image_ids(self) -> np.ndarray:
         """Ids of every indexed image, ascending."""

@@ -18,6 +18,7 @@ from clipsearch.errors import ClipSearchError
 # Command modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
     "clipsearch.cli.core",
+    "clipsearch.cli.duplicates",
     "clipsearch.cli.toyworld",
     "clipsearch.cli.model",
     "clipsearch.cli.demo",

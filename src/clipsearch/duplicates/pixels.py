@@ -51,10 +51,13 @@ COPY_MIN_NCC = 0.85      # ... matches closely once aligned ...
 COPY_MAX_CHANGED = 0.65  # ... and an overlay covers at most this much of its structure
 MOMENT_MIN_MOVED = 14    # a moment has objects that moved ...
 MOMENT_MIN_NCC = 0.6     # ... in one view ...
-MOMENT_MAX_CHANGED = 0.8 # ... where most of the structure is unchanged or moved
+MOMENT_MAX_CHANGED = 0.8 # ... where most of the structure is unchanged or moved;
+MOMENT_FEW_MOVED = 7     # or fewer moved blocks in a view where almost
+MOMENT_FEW_CHANGED = 0.25  # nothing else changed
 TRIM = 0.6           # alignment fits the best-matching 60 % of pixels: movers and overlays are outliers
 MOTION_FIT = 1.5     # a moved block, shifted back, is within this many times its tolerance
 
+ROTATION_MAX_HASH = 12  # a rotation other than none is tried when the hash turned so is this close
 ROTATIONS = (0, 90, 180, 270)  # counter-clockwise degrees applied to the second picture
 
 
@@ -98,7 +101,7 @@ def _dct_matrix(n: int) -> np.ndarray:
     return m.astype(np.float64)
 
 
-_HASH_BITS = [(u, v) for u in range(8) for v in range(8) if (u, v) != (0, 0)]
+HASH_BITS = [(u, v) for u in range(8) for v in range(8) if (u, v) != (0, 0)]
 
 
 def dct_hash(grey: np.ndarray) -> int:
@@ -113,7 +116,7 @@ def dct_hash(grey: np.ndarray) -> int:
     m = _dct_matrix(HASH_SIDE)
     coeffs = (m @ g @ m.T)[:8, :8]
     value = 0
-    for i, (u, v) in enumerate(_HASH_BITS):
+    for i, (u, v) in enumerate(HASH_BITS):
         if coeffs[u, v] > 0:
             value |= 1 << i
     return value
@@ -121,14 +124,14 @@ def dct_hash(grey: np.ndarray) -> int:
 
 def _bits(h: int) -> np.ndarray:
     out = np.zeros((8, 8), bool)
-    for i, (u, v) in enumerate(_HASH_BITS):
+    for i, (u, v) in enumerate(HASH_BITS):
         out[u, v] = bool((h >> i) & 1)
     return out
 
 
 def _from_bits(bits: np.ndarray) -> int:
     value = 0
-    for i, (u, v) in enumerate(_HASH_BITS):
+    for i, (u, v) in enumerate(HASH_BITS):
         if bits[u, v]:
             value |= 1 << i
     return value
@@ -245,11 +248,11 @@ def _ncc_windows(src: np.ndarray, tgt_unit: np.ndarray) -> np.ndarray:
 _COARSE_SCALES = (1.0, 0.96, 0.92, 0.88, 0.84, 0.8)
 
 
-def _coarse(src: np.ndarray, tgt: np.ndarray) -> tuple[float, tuple[float, float, float, float]]:
-    """Best window of `src` for all of `tgt` on COARSE px copies: (ncc, box in src pixels)."""
+def _coarse(src: np.ndarray, tgt: np.ndarray, keep: int = 3) -> list[tuple[float, tuple[float, float, float, float]]]:
+    """The best windows of `src` for all of `tgt` on COARSE px copies: [(ncc, box in src pixels)], best first."""
     n = src.shape[0]
     tgt_c = _unit(_warp(tgt, (0, 0, n, n), COARSE, COARSE))
-    best = (-2.0, (0.0, 0.0, float(n), float(n)))
+    found: list[tuple[float, tuple[float, float, float, float]]] = []
     for w in _COARSE_SCALES:
         sw = int(round(COARSE / w))
         cols = _apply_rows(src.T, _area_taps(sw, n, 0.0, float(n))).T
@@ -258,10 +261,16 @@ def _coarse(src: np.ndarray, tgt: np.ndarray) -> tuple[float, tuple[float, float
             scaled = np.ascontiguousarray(_apply_rows(cols, _area_taps(sh, n, 0.0, float(n))))
             ncc = _ncc_windows(scaled, tgt_c)
             j = int(np.argmax(ncc))
-            if ncc.flat[j] > best[0]:
-                q, p = divmod(j, ncc.shape[1])
-                fx, fy = n / sw, n / sh
-                best = (float(ncc.flat[j]), (p * fx, q * fy, (p + COARSE) * fx, (q + COARSE) * fy))
+            q, p = divmod(j, ncc.shape[1])
+            fx, fy = n / sw, n / sh
+            found.append((float(ncc.flat[j]), (p * fx, q * fy, (p + COARSE) * fx, (q + COARSE) * fy)))
+    found.sort(key=lambda t: -t[0])
+    best: list[tuple[float, tuple[float, float, float, float]]] = []
+    for cand in found:
+        if all(max(abs(x - y) for x, y in zip(cand[1], b[1])) > 3 for b in best):
+            best.append(cand)
+        if len(best) == keep:
+            break
     return best
 
 
@@ -330,8 +339,13 @@ def _blocks(x: np.ndarray) -> np.ndarray:
     return x.reshape(n, BLOCK, n, BLOCK).mean(axis=(1, 3))
 
 
-def _residual(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
-    """(unchanged fraction, moved blocks, changed fraction) of `b` against `a`, aligned."""
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of the informative blocks that agree within tolerance (no motion search)."""
+    return _blockwise(a, b)[0]
+
+
+def _blockwise(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(unchanged fraction, a, b exposure-matched and smoothed, rms0, tol, informative, unchanged) per block."""
     A = np.stack([a.ravel(), np.ones(a.size, np.float32)], 1)
     coef = _lstsq(A, b.ravel())
     r = np.abs(b.ravel() - A @ coef)
@@ -351,11 +365,23 @@ def _residual(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
     if not informative.any():
         informative[:] = True
     unchanged = rms0 <= tol
+    frac = float((unchanged & informative).sum() / informative.sum())
+    return frac, a, b, rms0, tol, informative, unchanged
+
+
+def _residual(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
+    """(unchanged fraction, moved blocks, changed fraction) of `b` against `a`, aligned."""
+    frac, a, b, rms0, tol, informative, unchanged = _blockwise(a, b)
     total = int(informative.sum())
     if unchanged[informative].all():
         return 1.0, 0, 0.0
     best_ab, shift = _best_shift(a, b)
     best_ba, _ = _best_shift(b, a)
+    return _classify(frac, rms0, tol, informative, unchanged, best_ab, best_ba, shift, total)
+
+
+def _classify(frac: float, rms0: np.ndarray, tol: np.ndarray, informative: np.ndarray, unchanged: np.ndarray,
+              best_ab: np.ndarray, best_ba: np.ndarray, shift: np.ndarray, total: int) -> tuple[float, int, float]:
     # Moved: a shift of at least MIN_MOTION_PX explains the block both ways round (what
     # moved is in both pictures; an overlay is in one only, and shifting it out of a block
     # explains that block one way but never the other), the block has structure, and a
@@ -371,7 +397,7 @@ def _residual(a: np.ndarray, b: np.ndarray) -> tuple[float, int, float]:
         coherent[yd, xd] |= agree
     moved = fits & coherent
     changed = informative & ~unchanged & ~moved
-    return float((unchanged & informative).sum() / total), int(moved.sum()), float(changed.sum() / total)
+    return frac, int(moved.sum()), float(changed.sum() / total)
 
 
 def _best_shift(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +445,8 @@ def compare(a: Signature, b: Signature, *, max_hash_gap: int = 4) -> PairEvidenc
     floor = min(dists.values())
     tried: list[tuple[float, int, tuple[float, float, float, float], bool]] = []
     for deg in ROTATIONS:
-        if dists[deg] > floor + max_hash_gap:
+        # A turned copy keeps its hash (turned): other rotations are tried only when theirs is close.
+        if dists[deg] > floor + max_hash_gap or (deg and dists[deg] > ROTATION_MAX_HASH):
             continue
         bw, bh = (b.width, b.height) if deg in (0, 180) else (b.height, b.width)
         ratio = (a.width / a.height) / (bw / bh)
@@ -428,21 +455,24 @@ def compare(a: Signature, b: Signature, *, max_hash_gap: int = 4) -> PairEvidenc
         bg = np.ascontiguousarray(np.rot90(b.grey, deg // 90))
         for a_is_larger in (True, False):  # the smaller view is a crop of the larger one
             src, tgt = (a.grey, bg) if a_is_larger else (bg, a.grey)
-            ncc, box = _coarse(src, tgt)
-            tried.append((ncc, deg, box, a_is_larger))
+            for ncc, box in _coarse(src, tgt):
+                tried.append((ncc, deg, box, a_is_larger))
     if not tried:
         return PairEvidence(None, floor, 0, 0.0, 0.0, 0.0, 0, 1.0, "shapes differ beyond a crop")
-    ncc, deg, box, a_is_larger = max(tried, key=lambda t: t[0])
+    tried.sort(key=lambda t: -t[0])
+    ncc, deg, box, a_is_larger = tried[0]
     if ncc < MIN_COARSE_NCC:
         return PairEvidence(None, dists[deg], deg, 0.0, ncc, 0.0, 0, 1.0, f"no alignment (ncc {ncc:.2f})")
     bg = np.ascontiguousarray(np.rot90(b.grey, deg // 90))
     src, tgt = (a.grey, bg) if a_is_larger else (bg, a.grey)
     # An overlay (a caption) can pull the coarse answer off the whole frame: refine both.
-    starts = [box]
-    if max(abs(box[0]), abs(box[1]), abs(SIDE - box[2]), abs(SIDE - box[3])) > 2:
+    # The best coarse windows of the same rotation and direction, and the whole frame.
+    starts = [t[2] for t in tried if t[1] == deg and t[3] == a_is_larger and t[0] >= ncc - 0.1][:3]
+    if all(max(abs(b[0]), abs(b[1]), abs(SIDE - b[2]), abs(SIDE - b[3])) > 2 for b in starts):
         starts.append((0.0, 0.0, float(SIDE), float(SIDE)))
     refined = [_refine(src, tgt, start) for start in starts]
-    box = min(refined, key=lambda r: _robust_error(_warp(src, r[1], SIDE, SIDE), tgt))[1]
+    # The alignment under which the most structure agrees.
+    box = max(refined, key=lambda r: _agreement(_warp(src, r[1], SIDE, SIDE), tgt))[1]
     ncc = _ncc(_warp(src, box, SIDE, SIDE), tgt)
     crop = (box[2] - box[0]) * (box[3] - box[1]) / (SIDE * SIDE)
     if ncc < MIN_ALIGN_NCC or crop < MIN_CROP ** 2 * 0.95:
@@ -451,7 +481,8 @@ def compare(a: Signature, b: Signature, *, max_hash_gap: int = 4) -> PairEvidenc
     level = None
     if moved <= COPY_MAX_MOVED and ncc >= COPY_MIN_NCC and changed <= COPY_MAX_CHANGED:
         level, reason = "copy", "same picture"
-    elif moved >= MOMENT_MIN_MOVED and ncc >= MOMENT_MIN_NCC and changed <= MOMENT_MAX_CHANGED:
+    elif ncc >= MOMENT_MIN_NCC and (moved >= MOMENT_MIN_MOVED and changed <= MOMENT_MAX_CHANGED
+                                    or moved >= MOMENT_FEW_MOVED and changed <= MOMENT_FEW_CHANGED):
         level, reason = "moment", "same view, something moved"
     elif moved > COPY_MAX_MOVED:
         reason = "something moved, but too much else differs"

@@ -1,0 +1,440 @@
+"""Duplicate groups of a library: candidates from stored vectors and hashes, a decision per pair, groups, keepers.
+
+`find_duplicates` is the whole pipeline:
+
+1. **Candidates, never all pairs**: each photo's nearest neighbours by CLIP similarity of
+   the stored vectors (`candidates.clip_pairs`), plus photos whose DCT hashes agree under
+   a rotation (`candidates.hash_pairs`; a photo turned by 90 degrees is far from its
+   original in CLIP space).
+2. **A decision per pair** (`decide`): with `verify="pixels"` (the default) both photos'
+   pixels are compared (`pixels.compare`: alignment up to a 20 % crop and any rotation,
+   exposure, then what is unchanged, what moved and what changed); with `verify="fast"`
+   only stored evidence is used (hash distance and CLIP similarity; no file is decoded
+   for pairs). Capture times from EXIF, when both photos have one, then overrule: two
+   photos taken at different seconds are not copies of one picture (a copy keeps its
+   original's capture time), and two views taken further apart than `moment_seconds`
+   are not one moment.
+3. **Groups**: connected components of the copy edges ("copies"), or of the copy and
+   moment edges with at least one moment edge in them ("moments").
+4. **A keeper** per group (`choose_keeper`), with the reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from clipsearch.duplicates.candidates import clip_pairs, hash_distances, hash_pairs
+from clipsearch.duplicates.facts import CAMERA_FORMATS, FactsCache, PhotoFacts, read_photo
+from clipsearch.duplicates.pixels import PairEvidence, Signature, compare
+from clipsearch.errors import ClipSearchError, ImageLoadError
+
+if TYPE_CHECKING:
+    from clipsearch.catalog import Catalog, ImageRow
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("copies", "moments")
+VERIFY = ("pixels", "fast")
+
+
+class DuplicatesError(ClipSearchError):
+    """Duplicate detection was asked for something it cannot do (an unknown level, a bad option)."""
+
+
+@dataclass(frozen=True)
+class DuplicateOptions:
+    """Knobs of `find_duplicates`; the defaults are the measured ones (docs/duplicates.md)."""
+
+    k: int = 16                      # CLIP neighbours per photo
+    min_similarity: float = 0.8      # CLIP cosine under which two photos are never compared
+    max_hash_distance: int = 4       # hash pairs (any rotation) up to this distance are compared
+    max_pixel_hash: int = 28         # pairs whose hashes differ more are not decoded (unrelated: ~31 of 63)
+    verify: str = "pixels"           # "pixels" or "fast" (stored evidence only)
+    moment_seconds: float = 120.0    # shots further apart are not one moment
+    fast_copy_hash: int = 3          # verify="fast": a copy's hash is within this distance ...
+    fast_copy_clip: float = 0.95     # ... and its CLIP similarity above this (unless rotated)
+    fast_moment_hash: int = 20       # verify="fast": a moment's hash within this ...
+    fast_moment_clip: float = 0.9    # ... and CLIP above this
+    use_hashes: bool = True          # read every photo's hash (cached) to find rotated copies
+
+    def __post_init__(self) -> None:
+        if self.verify not in VERIFY:
+            raise DuplicatesError(f"unknown verify mode {self.verify!r}; choose one of: {', '.join(VERIFY)}")
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise DuplicatesError(f"min_similarity must be a cosine in [-1, 1], got {self.min_similarity}")
+        if self.k < 1:
+            raise DuplicatesError(f"k must be at least 1, got {self.k}")
+
+
+@dataclass(frozen=True)
+class DuplicateMember:
+    """One photo of a group: `score` is its CLIP similarity to the keeper, `why` what it is."""
+
+    path: str
+    id: int
+    score: float
+    why: str
+    width: int | None = None
+    height: int | None = None
+    file_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "id": self.id, "score": round(self.score, 4), "why": self.why,
+                "width": self.width, "height": self.height, "file_size": self.file_size}
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Photos of one picture ("copies") or one moment ("moments"); `keep` is the suggested keeper's path."""
+
+    level: str
+    keep: str
+    keep_id: int
+    reason: str
+    members: tuple[DuplicateMember, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "keep": self.keep, "keep_id": self.keep_id, "reason": self.reason,
+                "members": [m.to_dict() for m in self.members]}
+
+    @property
+    def others(self) -> tuple[DuplicateMember, ...]:
+        """The members that are not the keeper."""
+        return tuple(m for m in self.members if m.id != self.keep_id)
+
+
+@dataclass(frozen=True)
+class PairDecision:
+    """What was decided for one candidate pair, and from what."""
+
+    a: int                      # catalog ids
+    b: int
+    level: str | None           # "copy", "moment" or None
+    clip: float
+    hash_distance: int
+    evidence: PairEvidence | None = None
+    seconds_apart: float | None = None
+    note: str = ""
+
+
+@dataclass
+class DuplicateReport:
+    """Counts of one run, for logging and benchmarks."""
+
+    photos: int = 0
+    clip_pairs: int = 0
+    hash_pairs: int = 0
+    compared: int = 0
+    unreadable: list[str] = field(default_factory=list)
+    decisions: list[PairDecision] = field(default_factory=list)
+
+
+class _SignatureSource:
+    """Signatures and facts of catalogued photos: facts cached on disk, signatures for this run."""
+
+    def __init__(self, rows: dict[int, "ImageRow"], cache: FactsCache, keep: int = 1024) -> None:
+        self.rows = rows
+        self.cache = cache
+        self.facts: dict[int, PhotoFacts] = {}
+        self._sigs: OrderedDict[int, Signature | None] = OrderedDict()
+        self._keep = keep
+        self.unreadable: list[str] = []
+
+    def load_facts(self, ids: Iterable[int], progress: bool = False) -> None:
+        ids = [i for i in ids if i not in self.facts]
+        self.facts.update(self.cache.get(self.rows[i] for i in ids))
+        missing = [i for i in ids if i not in self.facts]
+        if not missing:
+            return
+        from tqdm import tqdm
+
+        new: list[tuple[Any, PhotoFacts]] = []
+        for i in tqdm(missing, desc="reading photos", unit="photo", disable=not progress):
+            self.signature(i)
+            if i in self.facts:
+                new.append((self.rows[i], self.facts[i]))
+            if len(new) >= 256:
+                self.cache.put(new)
+                new = []
+        self.cache.put(new)
+
+    def signature(self, image_id: int) -> Signature | None:
+        if image_id in self._sigs:
+            self._sigs.move_to_end(image_id)
+            return self._sigs[image_id]
+        row = self.rows[image_id]
+        try:
+            sig, facts = read_photo(row.path)
+        except (ImageLoadError, OSError) as exc:
+            log.warning("duplicates: skipping %s (%s)", row.path, exc)
+            self.unreadable.append(row.path)
+            sig = None
+        else:
+            self.facts.setdefault(image_id, facts)
+        self._sigs[image_id] = sig
+        if len(self._sigs) > self._keep:
+            self._sigs.popitem(last=False)
+        return sig
+
+
+def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts | None, facts_b: PhotoFacts | None,
+           clip: float, hash_distance: int, options: DuplicateOptions, a: int = 0, b: int = 0) -> PairDecision:
+    """The level of one candidate pair from the evidence that fits it (see the module docstring)."""
+    evidence = None
+    if options.verify == "pixels":
+        if hash_distance > options.max_pixel_hash:
+            return PairDecision(a, b, None, clip, hash_distance, note="hashes unrelated")
+        if sig_a is None or sig_b is None:
+            return PairDecision(a, b, None, clip, hash_distance, note="unreadable")
+        evidence = compare(sig_a, sig_b)
+        level = evidence.level
+    else:
+        rotated = False
+        if facts_a is not None and facts_b is not None:
+            rotated = (facts_a.width > facts_a.height) != (facts_b.width > facts_b.height)
+        if hash_distance <= options.fast_copy_hash and (clip >= options.fast_copy_clip or rotated):
+            level = "copy"
+        elif hash_distance <= options.fast_moment_hash and clip >= options.fast_moment_clip:
+            level = "moment"
+        else:
+            level = None
+    seconds = None
+    note = evidence.reason if evidence else ""
+    if facts_a is not None and facts_b is not None and facts_a.taken_ts is not None and facts_b.taken_ts is not None:
+        seconds = abs(facts_a.taken_ts - facts_b.taken_ts)
+        if level == "copy" and seconds >= 1.0:
+            level = "moment" if seconds <= options.moment_seconds else None
+            note = f"taken {seconds:.0f} s apart: different shots"
+        elif level == "moment" and seconds > options.moment_seconds:
+            level, note = None, f"taken {seconds:.0f} s apart: not one moment"
+    return PairDecision(a, b, level, clip, hash_distance, evidence, seconds, note)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def same(self, a: int, b: int) -> bool:
+        return self.find(a) == self.find(b)
+
+
+def _components(n: int, edges: np.ndarray) -> np.ndarray:
+    parent = np.arange(n)
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in edges:
+        ra, rb = find(int(a)), find(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)])
+
+
+def group_pairs(n: int, pairs: np.ndarray, levels: Sequence[str | None], level: str) -> list[list[int]]:
+    """Groups (lists of positions, 2 or more) of one level from per-pair levels.
+
+    "copies": components of copy edges. "moments": components of copy and moment edges that
+    hold at least one moment edge (a burst, with any copies of its shots).
+    """
+    levels = np.array([lv or "" for lv in levels])
+    if level == "copies":
+        edges = pairs[levels == "copy"]
+    else:
+        edges = pairs[(levels == "copy") | (levels == "moment")]
+    if not len(edges):
+        return []
+    touched = np.unique(edges)
+    local = {int(p): i for i, p in enumerate(touched)}
+    comp = _components(len(touched), np.vectorize(local.get)(edges))
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(comp):
+        groups.setdefault(int(c), []).append(int(touched[i]))
+    out = [sorted(g) for g in groups.values() if len(g) > 1]
+    if level == "moments":
+        moment_nodes = set(np.unique(pairs[levels == "moment"]).tolist())
+        out = [g for g in out if moment_nodes.intersection(g)]
+    return sorted(out, key=lambda g: g[0])
+
+
+def choose_keeper(facts: dict[int, PhotoFacts], ids: Sequence[int], level: str) -> tuple[int, str]:
+    """The member to keep and why: copies prefer the largest, then the original format, metadata,
+    the least compressed and the sharpest; moments the sharpest, then the largest."""
+    ids = [i for i in ids if i in facts] or list(ids)
+    if len(ids) == 1 or not all(i in facts for i in ids):
+        return ids[0], "first found"
+    f = facts
+    steps: list[tuple[str, Callable[[int], float], Callable[[int], str]]] = [
+        ("largest", lambda i: f[i].pixels, lambda i: f"largest ({f[i].width}×{f[i].height})"),
+        ("format", lambda i: float((f[i].file_type or "") in CAMERA_FORMATS),
+         lambda i: f"original format ({(f[i].file_type or '?').upper()})"),
+        ("metadata", lambda i: float(f[i].has_metadata), lambda i: "has camera metadata"),
+        ("compression", lambda i: f[i].bytes_per_pixel,
+         lambda i: f"least compressed ({f[i].bytes_per_pixel:.2f} bytes/pixel)"),
+        ("sharpness", lambda i: f[i].sharpness, lambda i: f"sharpest (Laplacian variance {f[i].sharpness:.0f})"),
+    ]
+    if level == "moments":
+        steps = [steps[4], steps[0], *steps[1:4]]
+    tolerance = {"largest": 0.02, "compression": 0.05, "sharpness": 0.05}
+    left = list(ids)
+    for name, key, say in steps:
+        best = max(key(i) for i in left)
+        slack = abs(best) * tolerance.get(name, 0.0)
+        top = [i for i in left if key(i) >= best - slack - 1e-12]
+        if len(top) < len(left):
+            # Of equals, the one catalogued first (usually the camera's file).
+            return min(top), say(min(top))
+        left = top
+    return min(left), "all alike; the first catalogued"
+
+
+def _why(member: int, keeper: int, level: str, facts: dict[int, PhotoFacts], decision: PairDecision | None) -> str:
+    f, k = facts.get(member), facts.get(keeper)
+    if level == "moments":
+        if decision is not None and decision.level == "copy":
+            return "a copy of another shot of this moment"
+        if decision is not None and decision.seconds_apart is not None:
+            return f"another shot, {decision.seconds_apart:.0f} s apart"
+        return "another shot of this moment"
+    parts = []
+    ev = decision.evidence if decision else None
+    if f is not None and k is not None:
+        if f.pixels < 0.98 * k.pixels:
+            parts.append(f"smaller ({f.width}×{f.height})")
+        if (f.file_type or "") != (k.file_type or ""):
+            parts.append(f"{(f.file_type or '?').upper()}")
+        if k.has_metadata and not f.has_metadata:
+            parts.append("no metadata")
+    if ev is not None:
+        if ev.rotation:
+            parts.append(f"rotated {ev.rotation}°")
+        if ev.crop < 0.97:
+            parts.append(f"cropped ({ev.crop:.0%} of the area)")
+        if ev.changed > 0.03:
+            parts.append("retouched or overlaid")
+    return "copy" + (": " + ", ".join(parts) if parts else "")
+
+
+def find_duplicates(catalog: "Catalog", dim: int, *, level: str = "copies", folder: str | None = None,
+                    options: DuplicateOptions | None = None, cache: FactsCache | None = None,
+                    progress: bool = False, report: DuplicateReport | None = None) -> list[DuplicateGroup]:
+    """Groups of copies or of moments among the catalog's indexed photos (under `folder` when given)."""
+    if level not in LEVELS:
+        raise DuplicatesError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+    options = options or DuplicateOptions()
+    report = report if report is not None else DuplicateReport()
+    cache = cache or FactsCache(None)
+    if folder is not None:
+        folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        ids = catalog.ids_under(folder)
+        if not len(ids):
+            return []
+    else:
+        ids = None
+    ids, vectors = catalog.vectors_of(None if ids is None else ids.tolist(), dim)
+    n = len(ids)
+    report.photos = n
+    if n < 2:
+        return []
+    rows = catalog.get_images(ids.tolist())
+    source = _SignatureSource(rows, cache)
+    cpairs, csims = clip_pairs(vectors, options.k, options.min_similarity)
+    report.clip_pairs = len(cpairs)
+    hashes = np.full(n, -1, np.int64)
+    if options.use_hashes:
+        source.load_facts(ids.tolist(), progress=progress)
+        for pos, i in enumerate(ids.tolist()):
+            if i in source.facts:
+                hashes[pos] = source.facts[i].phash
+        hpairs, _ = hash_pairs(hashes, options.max_hash_distance)
+    else:
+        hpairs = np.zeros((0, 2), np.int64)
+    report.hash_pairs = len(hpairs)
+    pairs = np.unique(np.concatenate([cpairs, hpairs]), axis=0) if len(hpairs) else cpairs
+    if not len(pairs):
+        return []
+    clip = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
+    if not options.use_hashes:
+        source.load_facts(np.unique(ids[pairs]).tolist(), progress=progress)
+        for pos in np.unique(pairs):
+            f = source.facts.get(int(ids[pos]))
+            if f is not None:
+                hashes[pos] = f.phash
+    known = (hashes[pairs[:, 0]] >= 0) & (hashes[pairs[:, 1]] >= 0)
+    hd = np.full(len(pairs), 64, np.int64)
+    if known.any():
+        hd[known] = hash_distances(hashes, pairs[known])
+    from tqdm import tqdm
+
+    levels: list[str | None] = []
+    decisions: dict[tuple[int, int], PairDecision] = {}
+    # Most alike first; a pair already joined by copies needs no comparison of its own
+    # (copies of copies are copies): a family of m copies costs about m comparisons, not m²/2.
+    order = np.lexsort((-clip, hd))
+    pairs, clip, hd = pairs[order], clip[order], hd[order]
+    joined = _UnionFind(n)
+    for (p, q), sim, dist in tqdm(zip(pairs.tolist(), clip.tolist(), hd.tolist()), total=len(pairs),
+                                  desc="comparing", unit="pair", disable=not progress):
+        a, b = int(ids[p]), int(ids[q])
+        if joined.same(p, q):
+            levels.append("copy")
+            continue
+        pixels = options.verify == "pixels" and dist <= options.max_pixel_hash
+        d = decide(source.signature(a) if pixels else None, source.signature(b) if pixels else None,
+                   source.facts.get(a), source.facts.get(b), float(sim), int(dist), options, a, b)
+        levels.append(d.level)
+        if d.level == "copy":
+            joined.union(p, q)
+        decisions[(a, b)] = decisions[(b, a)] = d
+        report.decisions.append(d)
+    report.compared = len(report.decisions)
+    report.unreadable = sorted(set(source.unreadable))
+    groups = []
+    level_word = "copies" if level == "copies" else "moments"
+    for members in group_pairs(n, pairs, levels, level):
+        member_ids = [int(ids[p]) for p in members]
+        keeper, reason = choose_keeper(source.facts, member_ids, level_word)
+        kvec = vectors[members[member_ids.index(keeper)]]
+        out = []
+        for pos, mid in zip(members, member_ids):
+            row = rows[mid]
+            f = source.facts.get(mid)
+            why = f"keep: {reason}" if mid == keeper else _why(mid, keeper, level_word, source.facts,
+                                                               decisions.get((keeper, mid)) or _any_edge(decisions, mid, member_ids))
+            out.append(DuplicateMember(row.path, mid, float(vectors[pos] @ kvec), why,
+                                       f.width if f else row.width, f.height if f else row.height,
+                                       f.file_size if f else row.size))
+        out.sort(key=lambda m: (m.id != keeper, -m.score, m.path))
+        groups.append(DuplicateGroup(level_word, rows[keeper].path, keeper, reason, tuple(out)))
+    return groups
+
+
+def _any_edge(decisions: dict[tuple[int, int], PairDecision], member: int, group: Sequence[int]) -> PairDecision | None:
+    for other in group:
+        d = decisions.get((member, other))
+        if d is not None and d.level is not None:
+            return d
+    return None

@@ -1,0 +1,225 @@
+"""Duplicates: the pixel rule, candidates against brute force, keepers, the library and CLI, moves and undo."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from clipsearch import toyworld as tw
+from clipsearch.duplicates import (
+    DuplicateGroup, DuplicateMember, DuplicatesError, PhotoFacts, choose_keeper, compare, dct_hash, rotate_hash,
+)
+from clipsearch.duplicates.candidates import clip_pairs, hash_pairs
+from clipsearch.duplicates.pixels import signature_of_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import duplicates_set  # noqa: E402
+
+
+def _sig(img: Image.Image):
+    return signature_of_image(img.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return duplicates_set.textured_photo(np.random.default_rng(3), (320, 240))
+
+
+@pytest.fixture(scope="module")
+def scene() -> tw.Scene:
+    return tw.Scene(obj="car", colour="red", setting="road", time="day", relation="left of", obj2="tree",
+                    colour2="green")
+
+
+def test_rotating_a_hash_is_hashing_the_rotated_picture(photo: Image.Image) -> None:
+    grey = np.asarray(photo.convert("L"), np.float32)
+    for k in range(4):
+        turned = dct_hash(np.ascontiguousarray(np.rot90(grey, k)))
+        assert bin(turned ^ rotate_hash(dct_hash(grey), 90 * k)).count("1") <= 2
+
+
+@pytest.mark.parametrize("name", ["resize_50", "jpeg_q30", "crop", "rotate_90", "exposure", "colour", "caption"])
+def test_copy_transformations_are_copies(photo: Image.Image, name: str) -> None:
+    import io
+
+    out, fmt, kw = duplicates_set.TRANSFORMS[name](photo, np.random.default_rng(0))
+    buf = io.BytesIO()
+    out.save(buf, format=fmt, **kw)
+    copy = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    ev = compare(_sig(photo), _sig(copy))
+    assert ev.level == "copy", ev
+    if name == "rotate_90":
+        assert ev.rotation == 270
+
+
+def test_a_burst_is_a_moment_and_the_same_caption_drawn_again_is_nothing(scene: tw.Scene) -> None:
+    shots = tw.render_series(scene, np.random.default_rng(11), 2, 256, motion=0.06)
+    ev = compare(_sig(shots[0]), _sig(shots[1]))
+    assert ev.level == "moment", ev
+    again = tw.render(scene, np.random.default_rng(12), 256)
+    assert compare(_sig(shots[0]), _sig(again)).level is None
+
+
+def test_render_series_first_shot_is_render(scene: tw.Scene) -> None:
+    shots = tw.render_series(scene, np.random.default_rng(5), 3, 128)
+    assert np.array_equal(np.asarray(shots[0]), np.asarray(tw.render(scene, np.random.default_rng(5), 128)))
+    assert not np.array_equal(np.asarray(shots[0]), np.asarray(shots[1]))
+    assert [s.size for s in tw.render_series(scene, np.random.default_rng(5), 2, 128, reframe=0.02)] == [(128, 128)] * 2
+    with pytest.raises(ValueError, match="n must be"):
+        tw.render_series(scene, np.random.default_rng(5), 0)
+
+
+def test_clip_pairs_match_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    x[100:110] = x[100] + 0.05 * rng.standard_normal((10, 24))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs, sims = clip_pairs(x, k=20, min_similarity=0.9)
+    s = x @ x.T
+    i, j = np.nonzero(np.triu(s >= 0.9, 1))
+    assert {tuple(p) for p in pairs.tolist()} == set(zip(i.tolist(), j.tolist()))
+    assert np.allclose(sims, s[pairs[:, 0], pairs[:, 1]], atol=1e-5)
+
+
+def test_hash_pairs_find_turned_copies_only() -> None:
+    rng = np.random.default_rng(1)
+    h = rng.integers(0, 2 ** 63 - 1, 2000)
+    h[1500] = rotate_hash(int(h[7]), 180) ^ (1 << 3) ^ (1 << 50)
+    pairs, dist = hash_pairs(h, max_distance=4)
+    assert pairs.tolist() == [[7, 1500]] and dist.tolist() == [2]
+
+
+def _facts(w: int, h: int, kind: str = "jpeg", meta: bool = True, size: int = 100_000, sharp: float = 100.0):
+    return PhotoFacts(0, sharp, w, h, kind, size, meta, None)
+
+
+def test_keeper_prefers_size_then_format_then_metadata_then_compression_then_sharpness() -> None:
+    f = {1: _facts(800, 600), 2: _facts(1600, 1200)}
+    assert choose_keeper(f, [1, 2], "copies") == (2, "largest (1600×1200)")
+    f = {1: _facts(800, 600, "png"), 2: _facts(800, 600, "jpeg")}
+    assert choose_keeper(f, [1, 2], "copies")[0] == 2
+    f = {1: _facts(800, 600, meta=False), 2: _facts(800, 600)}
+    assert choose_keeper(f, [1, 2], "copies") == (2, "has camera metadata")
+    f = {1: _facts(800, 600, size=50_000), 2: _facts(800, 600, size=200_000)}
+    assert choose_keeper(f, [1, 2], "copies")[0] == 2
+    f = {1: _facts(800, 600, sharp=50), 2: _facts(400, 300, sharp=500)}
+    assert choose_keeper(f, [1, 2], "moments")[0] == 2       # a burst keeps its sharpest shot
+
+
+# -- the library, the CLI, moves -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dup_library(tmp_path_factory: pytest.TempPathFactory):
+    """A toyworld-model library over a small labelled set: two pictures with copies, a burst, a distractor."""
+    from clipsearch.library import Library
+
+    root = tmp_path_factory.mktemp("dups")
+    photos = root / "photos"
+    items = duplicates_set.make_set(photos, toy=2, photos=1, series=1, shots=3, distractors=1,
+                                    transforms=("resize_50", "png", "rotate_90", "crop", "caption"), size=256,
+                                    seed=3)
+    lib = Library.open(root / "lib")
+    lib.index(photos)
+    yield lib, items, root
+    lib.close()
+
+
+def _pairs(groups: list[DuplicateGroup]) -> set[frozenset[str]]:
+    out = set()
+    for g in groups:
+        paths = [m.path for m in g.members]
+        out |= {frozenset((a, b)) for i, a in enumerate(paths) for b in paths[i + 1:]}
+    return out
+
+
+def test_library_groups_copies_and_moments_and_never_the_distractor(dup_library) -> None:
+    lib, items, _ = dup_library
+    copies = lib.duplicates("copies")
+    by_picture: dict[int, set[str]] = {}
+    for it in items:
+        by_picture.setdefault(it.picture, set()).add(it.path)
+    families = [paths for paths in by_picture.values() if len(paths) > 1]
+    found = _pairs(copies)
+    truth = {frozenset((a, b)) for f in families for a in f for b in f if a < b}
+    assert found <= truth                                   # every grouped pair is a true copy pair
+    assert len(found) >= 0.8 * len(truth)                   # and most true pairs are found
+    assert len(copies) == len(families)
+    for g in copies:
+        keeper = next(m for m in g.members if m.id == g.keep_id)
+        assert g.keep == keeper.path and keeper.why.startswith("keep:")
+        assert "original" in keeper.path or "resize" not in keeper.path   # the 50 % copy is never kept
+    distractor = next(it for it in items if it.kind == "distractor")
+    assert not any(distractor.path in p for p in _pairs(copies))
+    moments = lib.duplicates("moments")
+    shots = {it.path for it in items if it.kind == "shot"}
+    burst = [g for g in moments if {m.path for m in g.members} & shots]
+    assert len(burst) == 1 and {m.path for m in burst[0].members} <= shots and len(burst[0].members) >= 2
+    assert not any(distractor.path in p for p in _pairs(moments))
+
+
+def test_unknown_level_names_the_choices(dup_library) -> None:
+    lib, _, _ = dup_library
+    with pytest.raises(DuplicatesError, match="copies, moments"):
+        lib.duplicates("triplicates")
+
+
+def test_cli_json_move_dry_run_move_and_undo(dup_library, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    from clipsearch.cli import main
+    from clipsearch.duplicates import moves
+
+    lib, items, root = dup_library
+    folder = str(lib.folder)
+    assert main(["duplicates", "--library", folder, "--json", "--folder", str(root / "photos")]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert groups and all(set(g) >= {"level", "keep", "members"} for g in groups)
+    assert all(set(m) >= {"path", "id", "score", "why"} for g in groups for m in g["members"])
+    others = [m["path"] for g in groups for m in g["members"] if m["path"] != g["keep"]]
+
+    dest = root / "aside"
+    assert main(["duplicates", "--library", folder, "--move-to", str(dest), "--dry-run"]) == 0
+    assert not dest.exists() and all(os.path.exists(p) for p in others)
+    capsys.readouterr()
+
+    # The third move fails (a full disk): that file stays, the others move, the journal is true.
+    real = moves._move_file
+    calls = {"n": 0}
+
+    def flaky(src: str, dst: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(moves, "_move_file", flaky)
+    assert main(["duplicates", "--library", folder, "--move-to", str(dest), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)["moves"]
+    journal = result["journal"]
+    assert result["done"] == len(others) - 1 and result["failed"][0]["reason"] == "No space left on device"
+    lines = [json.loads(line) for line in open(journal)]
+    assert len(lines[0]["moves"]) == len(others) and len(lines) == len(others)   # the plan, then one line per move
+    for m in lines[0]["moves"]:
+        assert os.path.exists(m["from"]) != os.path.exists(m["to"])            # old place or new, never both/neither
+        row = lib.catalog.get_image(m["id"])
+        assert row.path == (m["to"] if os.path.exists(m["to"]) else m["from"])  # the library followed
+    assert lib.duplicates("copies", folder=str(dest)) != []                      # still indexed where they are now
+
+    monkeypatch.setattr(moves, "_move_file", real)
+    assert main(["duplicates", "--library", folder, "--undo", journal]) == 0
+    assert all(os.path.exists(p) for p in others)
+    assert all(lib.catalog.find_path(p) is not None for p in others)
+
+
+def test_undo_of_a_file_that_is_not_a_journal_says_so(dup_library, tmp_path: Path) -> None:
+    lib, _, _ = dup_library
+    bogus = tmp_path / "notes.jsonl"
+    bogus.write_text("hello\n")
+    from clipsearch.duplicates.moves import MoveError
+
+    with pytest.raises(MoveError, match="not a clipsearch move journal"):
+        lib.undo_moves(bogus)
+    with pytest.raises(MoveError, match="no move journal"):
+        lib.undo_moves(tmp_path / "missing.jsonl")
