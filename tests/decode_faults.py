@@ -26,3 +26,12 @@ def crashes_once_on_marked(record, target_size, spec):
             marker.write_text("once")
             os.kill(os.getpid(), signal.SIGSEGV)
     return _decode(record, target_size, spec)
+
+
+def slow_on_marked(record, target_size, spec):
+    """Hangs on a file named *slow* (a decoder stuck in a loop)."""
+    if "slow" in os.path.basename(record.path):
+        import time
+
+        time.sleep(600)
+    return _decode(record, target_size, spec)

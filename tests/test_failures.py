@@ -255,3 +255,31 @@ def test_a_catalog_with_photos_but_no_dimension_names_the_repair(tmp_path: Path,
     assert main(["info", "-l", str(tmp_path / "lib")]) == 1
     err = capsys.readouterr().err
     assert "no record of its dim" in err and "Traceback" not in err
+
+
+def test_a_stuck_decoder_is_killed_at_the_timeout_and_the_file_tried_again_next_run(tmp_path: Path) -> None:
+    import decode_faults
+
+    from clipsearch.indexer import DECODE_TIMED_OUT
+    from clipsearch.scan import scan
+
+    paths = _photos(tmp_path / "photos", 4)
+    os.rename(paths[0], Path(paths[0]).with_name("slow.jpg"))
+    records = sorted(scan(tmp_path / "photos").files, key=lambda r: r.path)
+    stream = _DecodeStream(records, 32, None, workers=2, processes=True, window=4,
+                           decode=decode_faults.slow_on_marked, timeout=2.0)
+    started = time.monotonic()
+    with stream:
+        results = {os.path.basename(r.record.path): r for r in stream}
+    assert time.monotonic() - started < 30
+    assert (results["slow.jpg"].error, results["slow.jpg"].retry) == (DECODE_TIMED_OUT.format(seconds=2), True)
+    assert sum(r.error is None for r in results.values()) == 3
+
+
+def test_where_worker_processes_cannot_start_decoding_falls_back_to_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    _photos(tmp_path / "photos", PROCESS_MIN_FILES)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        assert lib.index(tmp_path / "photos").added == PROCESS_MIN_FILES
+    assert "could not start a worker process" in caplog.text and "decoding in threads instead" in caplog.text

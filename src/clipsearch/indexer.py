@@ -120,7 +120,7 @@ PROCESS_MIN_FILES = 16
 DECODER_CRASHED = "the decoder crashed on this file's bytes twice ({how}); it is tried again when the decoders are upgraded"
 DECODER_KILLED = "the decoder process {how} while reading this file (out of memory, or killed from outside)"
 DECODE_TIMEOUT_S = 300.0
-DECODE_TIMED_OUT = f"decoding took longer than {DECODE_TIMEOUT_S:g} s"
+DECODE_TIMED_OUT = "decoding took longer than {seconds:g} s; the decoder was stopped"
 # Whose fault a failure is. FILE: the bytes' (remembered). READ: the file could not be read
 # just now (gone, permissions, I/O error, changed while read). RUNTIME: the machine's or the
 # model's (a worker killed, a timeout, an encoder error); both of these are tried again.
@@ -499,7 +499,10 @@ class _DecodeStream:
 
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if exc[0] is not None and isinstance(self._pool, WorkerPool):
+                self._pool.terminate()  # Ctrl-C, an error: don't wait for the files in flight
+            else:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def _new_pool(self) -> Executor:
@@ -551,7 +554,7 @@ class _DecodeStream:
             return _Decoded(record, error=DECODER_CRASHED.format(how=describe_exit(exc.returncode)), fault=FILE)
         except WorkerTimeout:
             log.warning("decoding %s took longer than %g s; it is tried again next run", record.path, self.timeout)
-            return _Decoded(record, error=DECODE_TIMED_OUT, fault=RUNTIME)
+            return _Decoded(record, error=DECODE_TIMED_OUT.format(seconds=self.timeout), fault=RUNTIME)
         except WorkerStartError as exc:
             return _Decoded(record, error=str(exc), fault=RUNTIME)
         except Exception as exc:  # e.g. a result that could not be sent back

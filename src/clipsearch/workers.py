@@ -144,8 +144,9 @@ class WorkerPool(Executor):
             for w in started:
                 w.kill()
             raise
-        self._threads = [threading.Thread(target=self._run, args=(w,), name=f"decode-worker-{i}", daemon=True)
-                         for i, w in enumerate(started)]
+        self._live: dict[int, _Worker] = dict(enumerate(started))  # each thread's current worker
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"decode-worker-{i}", daemon=True)
+                         for i in range(len(started))]
         for t in self._threads:
             t.start()
 
@@ -175,8 +176,18 @@ class WorkerPool(Executor):
             for t in self._threads:
                 t.join()
 
-    def _run(self, worker: _Worker | None) -> None:
+    def terminate(self) -> None:
+        """Kill every worker now (their tasks fail with WorkerDied) and shut down without waiting on them."""
+        self.shutdown(wait=False, cancel_futures=True)
+        for worker in list(self._live.values()):
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+        for t in self._threads:
+            t.join()
+
+    def _run(self, slot: int) -> None:
         """One thread per worker: hand it a task, wait for the answer; replace it when it dies."""
+        worker: _Worker | None = self._live[slot]
         try:
             while True:
                 item = self._tasks.get()
@@ -187,7 +198,7 @@ class WorkerPool(Executor):
                     continue
                 if worker is None:
                     try:
-                        worker = _Worker()
+                        worker = self._live[slot] = _Worker()
                     except WorkerStartError as exc:
                         future.set_exception(exc)
                         continue
