@@ -208,3 +208,22 @@ def test_transparency_is_composited_on_white_in_every_mode(tmp_path: Path) -> No
     for name in ["grey16.png", "clear.png", "clear.webp", "clear.avif", "clear.tif", "la.png"]:
         pixel = load_image(tmp_path / name).getpixel((4, 4))
         assert all(c >= 250 for c in pixel), (name, pixel)  # the neutral background every mode shares
+
+
+def test_psd_and_raw_headers_claiming_huge_images_are_refused_before_decoding(tmp_path: Path) -> None:
+    import time
+
+    size = 20000  # 400 MP claimed by a file of a few hundred bytes
+    (tmp_path / "bomb.psd").write_bytes(b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, size, size, 8, 3)
+                                        + struct.pack(">IIIH", 0, 0, 0, 0) + b"\0" * 100)
+    write_dng(tmp_path / "bomb.dng", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray((tmp_path / "bomb.dng").read_bytes())
+    for i in range(struct.unpack_from("<H", data, 8)[0]):  # IFD0's width and height, now 20000
+        if struct.unpack_from("<H", data, 10 + 12 * i)[0] in (256, 257):
+            struct.pack_into("<I", data, 10 + 12 * i + 8, size)
+    (tmp_path / "bomb.dng").write_bytes(bytes(data))
+    for name in ("bomb.psd", "bomb.dng"):
+        started = time.monotonic()
+        with pytest.raises(ImageLoadError, match="400 MP, over the 150 MP limit"):
+            load_image(tmp_path / name, target_size=224)
+        assert time.monotonic() - started < 2
