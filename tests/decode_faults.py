@@ -8,14 +8,14 @@ import os
 import signal
 from pathlib import Path
 
-from clipsearch.indexer import _decode
+from clipsearch.pipeline import read_file
 
 
 def killed_on_marked(record, target_size, spec):
     """SIGKILL, as the OOM killer or a user would, while on a file named *kill*."""
     if "kill" in os.path.basename(record.path):
         os.kill(os.getpid(), signal.SIGKILL)
-    return _decode(record, target_size, spec)
+    return read_file(record, target_size, spec)
 
 
 def crashes_once_on_marked(record, target_size, spec):
@@ -25,7 +25,7 @@ def crashes_once_on_marked(record, target_size, spec):
         if not marker.exists():
             marker.write_text("once")
             os.kill(os.getpid(), signal.SIGSEGV)
-    return _decode(record, target_size, spec)
+    return read_file(record, target_size, spec)
 
 
 def slow_on_marked(record, target_size, spec):
@@ -34,4 +34,4 @@ def slow_on_marked(record, target_size, spec):
         import time
 
         time.sleep(600)
-    return _decode(record, target_size, spec)
+    return read_file(record, target_size, spec)

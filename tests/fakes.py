@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -73,3 +75,33 @@ def write_colour_photos(folder, names: Sequence[str] = NAMES, size: tuple[int, i
         Image.fromarray(arr.astype(np.uint8)).save(path)
         out[name] = path
     return out
+
+
+@dataclass(frozen=True)
+class DummyReader:
+    """A FactReader for tests (clipsearch.facts): facts of a file's name, bytes and decoded image.
+
+    `fail_on`: raise on files whose name contains it (a buggy reader).
+    """
+
+    name: str = "dummy"
+    version: int = 1
+    fail_on: str | None = None
+
+    @property
+    def columns(self) -> dict[str, str]:
+        return {"stem": "TEXT", "name_len": "INTEGER", "red": "REAL", "head": "BLOB"}
+
+    @property
+    def indexed(self) -> tuple[str, ...]:
+        return ("stem",)
+
+    def read(self, path: str, image: Image.Image | None) -> dict[str, Any]:
+        base = os.path.basename(path)
+        if self.fail_on and self.fail_on in base:
+            raise RuntimeError(f"dummy reader fails on {base}")
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        red = float(np.asarray(image.convert("RGB"), np.float32)[..., 0].mean()) if image is not None else None
+        return {"stem": os.path.splitext(base)[0], "name_len": len(base), "red": red, "head": head,
+                "not_a_column": 1}

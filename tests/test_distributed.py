@@ -24,7 +24,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 
-from fakes import COLOURS, FakeEncoder  # noqa: E402
+from fakes import COLOURS, DummyReader, FakeEncoder  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipsearch import Library  # noqa: E402
@@ -177,8 +177,7 @@ def test_shard_round_trip_and_damaged_shard(tmp_path: Path) -> None:
 
 
 def test_failures_not_the_files_own_are_not_recorded_from_shards(tmp_path: Path) -> None:
-    from clipsearch.distributed import _ingest_rows
-    from clipsearch.indexer import plan_sync
+    from clipsearch.pipeline import FILE, RUNTIME, plan_sync, store_chunk
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -190,12 +189,13 @@ def test_failures_not_the_files_own_are_not_recorded_from_shards(tmp_path: Path)
         shard = Shard(paths=[r.path for r in recs], sizes=np.array([r.size for r in recs]),
                       mtimes=np.array([r.mtime_ns for r in recs]), widths=np.array([8, -1, -1]),
                       heights=np.array([8, -1, -1]), errors=[None, "not an image file", "could not encode: boom"],
-                      vectors=np.eye(3, lib.dim, dtype=np.float32), retry=[False, False, True])
+                      vectors=np.eye(3, lib.dim, dtype=np.float32), faults=[FILE, FILE, RUNTIME])
         path = tmp_path / "s.parquet"
         write_shard(path, shard, model="m/p")
         back = read_shard(path, dim=lib.dim, model="m/p")
-        assert back is not None and back.retry == [False, False, True]
-        _ingest_rows(lib, back, [0, 1, 2], plan, update_index=True)
+        assert back is not None and back.faults == [FILE, FILE, RUNTIME]
+        # The driver stores shard rows with the single-machine store stage.
+        store_chunk(lib.catalog, lib.vector_index, back.results([0, 1, 2]), plan.known, plan.report)
         assert [(os.path.basename(s.path), s.retry) for s in plan.report.skipped] == [("b.jpg", False),
                                                                                       ("c.jpg", True)]
         assert lib.catalog.find_path(recs[1].path).status == "error"  # the file's own fault: remembered
@@ -240,6 +240,34 @@ def test_same_library_as_one_machine(ray_cluster: str, photos: Path, tmp_path: P
         rerun = index_on_ray(again, photos, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
         assert (rerun.added, rerun.unchanged, rerun.previously_failed) == (0, 40, 3)
     single.close()
+
+
+def _all_facts(lib: Library) -> dict[str, dict]:
+    ids = lib.image_ids().tolist()
+    rows = lib.catalog.get_images(ids)
+    return {rows[i].path: f for i, f in lib.catalog.facts(ids, ["stem", "name_len", "red", "head",
+                                                               "facts_dummy_version"]).items()}
+
+
+def test_a_per_file_field_is_read_on_ray_as_on_one_machine(ray_cluster: str, photos: Path, tmp_path: Path) -> None:
+    # The reader is passed once, to the library; the Ray workers run it in their read stage.
+    single = Library.open(tmp_path / "single", encoder=FakeEncoder(), readers=[DummyReader()])
+    single.index(photos, index_kind="flat")
+    dist = Library.open(tmp_path / "ray", encoder=FakeEncoder(), readers=[DummyReader()])
+    report = index_on_ray(dist, photos, encoder=EncoderSpec(factory=FakeEncoder),
+                          options=RayOptions(workers=2, batch_size=8, shard_rows=INGEST_CHUNK), index_kind="flat")
+    assert report.added == 40 and report.backfilled == 0
+    facts = _all_facts(dist)
+    assert len(facts) == 40 and facts == _all_facts(single)
+    assert facts[str(photos / "p001.jpg")]["stem"] == "p001" and facts[str(photos / "p001.jpg")]["head"][:2] == b"\xff\xd8"
+    assert _catalog_rows(dist, photos) == _catalog_rows(single, photos)
+    single.close()
+    dist.close()
+    # A reader added later is back-filled by the next Ray run without embedding anything.
+    with Library.open(tmp_path / "ray", encoder=FakeEncoder(), readers=[DummyReader(version=2)]) as again:
+        rerun = index_on_ray(again, photos, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
+        assert (rerun.added, rerun.backfilled) == (0, 40)
+        assert {f["facts_dummy_version"] for f in _all_facts(again).values()} == {2}
 
 
 # -- IVF-PQ built on Ray, merged on disk -----------------------------------------------------

@@ -18,6 +18,8 @@ import pytest
 from fakes import NAMES, FakeEncoder, write_colour_photos
 
 import clipsearch.indexer
+import clipsearch.pipeline.plan
+import clipsearch.pipeline.store
 from clipsearch import CatalogError, IndexingError, Library
 from clipsearch.catalog import Catalog
 from clipsearch.cli import main
@@ -174,7 +176,8 @@ def test_stored_failures_are_retried_on_request_and_after_a_decoder_upgrade(
         asked = lib.index(tmp_path / "photos", retry_failed=True)
         assert (asked.previously_failed, asked.retried_failures, len(asked.skipped)) == (0, 1, 1)
         # A Pillow (or pillow-heif, rawpy, clipsearch) upgrade: tried again once, by itself.
-        monkeypatch.setattr(clipsearch.indexer, "decoder_stack", lambda: "Pillow 99")
+        monkeypatch.setattr(clipsearch.pipeline.plan, "decoder_stack", lambda: "Pillow 99")
+        monkeypatch.setattr(clipsearch.pipeline.store, "decoder_stack", lambda: "Pillow 99")
         upgraded = lib.index(tmp_path / "photos")
         assert (upgraded.retried_failures, upgraded.previously_failed) == (1, 0)
         assert lib.index(tmp_path / "photos").previously_failed == 1  # judged by this stack now

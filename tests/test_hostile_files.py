@@ -20,7 +20,7 @@ from fakes import COLOURS, NAMES, FakeEncoder, write_colour_photos
 from hostile import BOMBS, png, png_deflate_bomb
 from PIL import Image
 
-import clipsearch.indexer
+import clipsearch.pipeline.plan
 import clipsearch.scan
 from clipsearch import Library, PhotoRootError
 from clipsearch.errors import ImageLoadError
@@ -193,14 +193,14 @@ def test_an_unreadable_sub_folder_keeps_its_photos(library: Library, tmp_path: P
 
 def _scan_then(monkeypatch: pytest.MonkeyPatch, action) -> None:
     """Make the indexer's scan run `action` right after listing the files, as another program might."""
-    real_scan = clipsearch.indexer.scan
+    real_scan = clipsearch.pipeline.plan.scan
 
     def scan(*args, **kwargs):
         found = real_scan(*args, **kwargs)
         action()
         return found
 
-    monkeypatch.setattr(clipsearch.indexer, "scan", scan)
+    monkeypatch.setattr(clipsearch.pipeline.plan, "scan", scan)
 
 
 def test_a_file_that_vanishes_between_scan_and_decode_is_skipped(tmp_path: Path, colour_photos: dict[str, str],

@@ -21,7 +21,8 @@ import clipsearch.library
 from clipsearch import ImageLoadError, Library, ModelError
 from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.images import load_image
-from clipsearch.indexer import DECODER_CRASHED, Indexer, IndexReport, _decode, _DecodeStream
+from clipsearch.indexer import DECODER_CRASHED, Indexer, IndexReport, _DecodeStream
+from clipsearch.pipeline import read_file
 from clipsearch.scan import scan
 
 TINY_CONFIG = {
@@ -162,7 +163,7 @@ def crash_on_marked_files(record, target_size, spec):
     """A decode function for the workers that crashes its process (SIGSEGV) on files named *crash*."""
     if "crash" in os.path.basename(record.path):
         os.kill(os.getpid(), signal.SIGSEGV)
-    return _decode(record, target_size, spec)
+    return read_file(record, target_size, spec)
 
 
 def test_a_decoder_crash_costs_only_the_file_it_was_on(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ rename itself survives a power cut.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import IO, Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +30,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync_folder: bool = True) -> Iterator[IO[Any]]:
+    """A file to write `path` through: it replaces `path` when the block ends, and not at all if the block raises.
+
+    The temp file (".NAME.<random>.tmp" in the same folder, so the rename stays on one
+    file system) is fsynced before the rename and the folder after it. `mode` is "wb"
+    or "w" (UTF-8 text).
+    """
     path = Path(path)
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_writer mode must be 'wb' or 'w', not {mode!r}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(path.parent)
+    if fsync_folder:
+        _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one, never a mix."""
+    with atomic_writer(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _unlink_quietly(path: str | Path) -> None:
@@ -69,4 +91,4 @@ def remove_stale_temp_files(path: str | Path) -> int:
     return removed
 
 
-__all__ = ["atomic_write_bytes", "remove_stale_temp_files"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "remove_stale_temp_files"]

@@ -10,13 +10,16 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from clipsearch.errors import CatalogError, SchemaVersionError
+
+if TYPE_CHECKING:
+    from clipsearch.facts import FactReader
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ class ImageRow:
 
 @dataclass(frozen=True)
 class NewImage:
-    """An image ready to be written: its file facts and its vector."""
+    """An image ready to be written: its file facts, its vector, and its readers' facts (see `clipsearch.facts`)."""
 
     path: str
     size: int
@@ -80,6 +83,15 @@ class NewImage:
     vector: np.ndarray
     width: int | None = None
     height: int | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)  # column -> value, columns from ensure_columns
+
+
+# The images table's own columns; every other column of it belongs to a fact reader.
+_BASE_COLUMNS = frozenset({"id", "path", "size", "mtime_ns", "status", "error", "width", "height", "indexed_at",
+                           "error_stack"})
+
+
+_ROW_COLUMNS = "id, path, size, mtime_ns, status, error, width, height, indexed_at"
 
 
 def _blob(vector: np.ndarray) -> bytes:
@@ -107,6 +119,7 @@ class Catalog:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._check_schema()
+            self._fact_columns = self._columns() - _BASE_COLUMNS
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"{self.path} is not a usable clipsearch catalog ({exc}); "
                                "move it aside and index again") from exc
@@ -136,6 +149,99 @@ class Catalog:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- fact columns (clipsearch.facts) -----------------------------------------------
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(images)")}
+
+    @property
+    def fact_columns(self) -> frozenset[str]:
+        """The images table's columns that fact readers own (their facts and version columns)."""
+        return frozenset(self._fact_columns)
+
+    def ensure_columns(self, readers: "Sequence[FactReader]") -> None:
+        """Add the readers' columns, their SQL indexes and each reader's version column where missing.
+
+        CatalogError for a column that clashes with the catalog's own; ValueError (from
+        `check_readers`) for readers that are malformed or share a column.
+        """
+        from clipsearch.facts import check_readers, version_column
+
+        readers = check_readers(readers)
+        have = self._columns()
+        wanted: dict[str, str] = {}
+        for reader in readers:
+            wanted.update(reader.columns)
+            wanted[version_column(reader.name)] = "INTEGER"
+        clash = sorted(set(wanted) & _BASE_COLUMNS)
+        if clash:
+            raise CatalogError(f"fact column {clash[0]!r} is one of the catalog's own columns; rename it")
+        indexes = [c for reader in readers for c in reader.indexed]
+        missing = [c for c in wanted if c not in have]
+        existing_indexes = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        if not missing and all(f"images_{c}" in existing_indexes for c in indexes):
+            return
+        with self.transaction(bump=False):
+            for column in missing:
+                self._db.execute(f'ALTER TABLE images ADD COLUMN "{column}" {wanted[column]}')
+            for column in indexes:
+                self._db.execute(f'CREATE INDEX IF NOT EXISTS "images_{column}" ON images("{column}")')
+        self._fact_columns = self._columns() - _BASE_COLUMNS
+        if missing:
+            log.info("catalog %s: added fact columns %s", self.path, ", ".join(missing))
+
+    def facts(self, ids: Iterable[int], columns: Sequence[str]) -> dict[int, dict[str, Any]]:
+        """{id: {column: value}} of the given image ids for fact `columns` (CatalogError for an unknown column)."""
+        unknown = [c for c in columns if c not in self._fact_columns]
+        if unknown:
+            raise CatalogError(f"the catalog {self.path} has no fact column {unknown[0]!r}; "
+                               "open the library with the reader that declares it")
+        ids = [int(i) for i in ids]
+        cols = ", ".join(f'"{c}"' for c in columns)
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            for row in self._db.execute(f"SELECT id, {cols} FROM images WHERE id IN ({','.join('?' * len(chunk))})",
+                                        chunk):
+                out[row[0]] = dict(zip(columns, row[1:]))
+        return out
+
+    def rows_missing_facts(self, readers: "Sequence[FactReader]", root: str | None = None) -> list[ImageRow]:
+        """Indexed rows (under folder `root`, if given) that some reader has not read at its current version."""
+        from clipsearch.facts import version_column
+
+        conds = [f'("{version_column(r.name)}" IS NULL OR "{version_column(r.name)}" < ?)' for r in readers]
+        if not conds:
+            return []
+        sql = (f"SELECT {_ROW_COLUMNS} FROM images WHERE status='ok' AND ({' OR '.join(conds)})")
+        args: list[Any] = [int(r.version) for r in readers]
+        if root is not None:
+            sql += " AND path >= ? AND path < ?"
+            args.extend(_prefix_bounds(root))
+        return [ImageRow(*r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def set_facts(self, updates: Sequence[tuple[int, Mapping[str, Any]]]) -> int:
+        """Write facts of existing rows ((id, {column: value}) pairs) in one transaction; returns rows updated.
+
+        Facts are not what the index is built from: the generation is not bumped.
+        """
+        done = 0
+        with self.transaction(bump=False):
+            for image_id, facts in updates:
+                cols = self._known_facts(facts)
+                if not cols:
+                    continue
+                sets = ", ".join(f'"{c}" = ?' for c in cols)
+                done += self._db.execute(f"UPDATE images SET {sets} WHERE id = ?",
+                                         [facts[c] for c in cols] + [int(image_id)]).rowcount
+        return done
+
+    def _known_facts(self, facts: Mapping[str, Any]) -> list[str]:
+        unknown = [c for c in facts if c not in self._fact_columns]
+        if unknown:
+            raise CatalogError(f"no fact column {unknown[0]!r} in the catalog {self.path}: "
+                               "Catalog.ensure_columns(readers) must run first")
+        return list(facts)
 
     @contextlib.contextmanager
     def transaction(self, *, bump: bool = True) -> Iterator[None]:
@@ -267,9 +373,12 @@ class Catalog:
         with self.transaction():
             for im in images:
                 self._db.execute("DELETE FROM images WHERE path=?", (im.path,))
+                facts = self._known_facts(im.facts)
+                cols = "".join(f', "{c}"' for c in facts)
                 cur = self._db.execute(
-                    "INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at) "
-                    "VALUES (?, ?, ?, 'ok', ?, ?, ?)", (im.path, im.size, im.mtime_ns, im.width, im.height, now))
+                    f"INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at{cols}) "
+                    f"VALUES (?, ?, ?, 'ok', ?, ?, ?{', ?' * len(facts)})",
+                    (im.path, im.size, im.mtime_ns, im.width, im.height, now, *(im.facts[c] for c in facts)))
                 ids.append(int(cur.lastrowid))
                 self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)", (cur.lastrowid, _blob(im.vector)))
         return ids

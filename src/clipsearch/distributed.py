@@ -10,7 +10,7 @@ for (`pip install 'clipsearch[distributed]'`). The flow, and who does what:
 * Ray Data embeds what changed: `from_items` of the file records, then `map_batches`
   with `_Embedder`, a callable class run by an actor pool (one actor per worker slot,
   `num_gpus=1` each where the cluster has GPUs) that builds the encoder once from an
-  `EncoderSpec` and decodes each file with `clipsearch.images.load_image` by path. The
+  `EncoderSpec` and reads each file by path with the read stage (`read_file`). The
   workers must see the photos under the same paths (a shared mount), as they would
   for `read_binary_files`; reading by path also keeps the single-machine reasons for a
   skipped file (vanished, permission denied, changed while read) and its size re-check;
@@ -19,6 +19,11 @@ for (`pip install 'clipsearch[distributed]'`). The flow, and who does what:
   resumes at shard granularity: the files of completed shards are not embedded again;
 * the shards are ingested into the catalog (vectors stored as on one machine, so
   search, rebuild and the UI work unchanged) and deleted;
+* the stages are the single machine's (`clipsearch.pipeline`): the actors run
+  `read_file` (with the library's fact readers, pickled to them: see
+  `clipsearch.facts`) and `encode_batch`; the driver plans with `plan_sync` and stores
+  with `store_chunk`, and back-fills missing facts of unchanged files in its own decode
+  workers (no model) after the run;
 * an index of a trained kind (IVF-PQ, IVF-SQ, ...: whatever `choose_index` picks for the
   library's size and memory budget) is trained on a random sample of the stored
   vectors, each block of vectors is added by a Ray task to a copy of the trained, empty
@@ -34,8 +39,11 @@ retried by Ray too. A driver that dies loses at most the shard it was writing.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -47,14 +55,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from clipsearch.catalog import NewImage
-from clipsearch.errors import ClipSearchError, ImageLoadError
-from clipsearch.images import PixelSpec, decoder_stack, load_image, to_pixels
-from clipsearch.indexer import IndexReport, SkippedFile, SyncPlan, plan_sync
+from clipsearch.atomic import atomic_writer
+from clipsearch.errors import ClipSearchError
+from clipsearch.facts import FactReader
+from clipsearch.indexer import backfill_facts
+from clipsearch.pipeline import (
+    FILE, RUNTIME, FileResult, IndexReport, SyncPlan, encode_batch, pixel_spec_of, plan_sync, read_file, store_chunk,
+)
 from clipsearch.scan import FileRecord
 
 if TYPE_CHECKING:
@@ -202,16 +213,43 @@ class Shard:
     heights: np.ndarray        # int32, -1: unknown
     errors: list[str | None]   # None: indexed
     vectors: np.ndarray        # (n, dim) float32; zeros for skipped files
-    # True where the error is not the file's own (indexer.SkippedFile.retry): not recorded, tried
-    # again next run. None: none is (shards written before this column).
-    retry: list[bool] | None = None
+    facts: list[Mapping[str, Any]] | None = None  # per row, from the fact readers (None: none at all)
+    faults: list[str] | None = None  # per row, whose fault an error is (clipsearch.pipeline.faults); None: FILE
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def results(self, rows: Iterable[int]) -> list[FileResult]:
+        """The given rows as the store stage takes them."""
+        out = []
+        for i in rows:
+            w, h = int(self.widths[i]), int(self.heights[i])
+            out.append(FileResult(FileRecord(self.paths[i], int(self.sizes[i]), int(self.mtimes[i])),
+                                  None if self.errors[i] else self.vectors[i],
+                                  (w, h) if w >= 0 and h >= 0 else None,
+                                  self.facts[i] if self.facts is not None else {}, self.errors[i] or None,
+                                  self.faults[i] if self.faults is not None and self.errors[i] else FILE))
+        return out
+
+
+def facts_to_json(facts: Mapping[str, Any]) -> str:
+    """One row's facts as the shards carry them: JSON, bytes values as {"$bytes": base64}; "" for none."""
+    if not facts:
+        return ""
+    return json.dumps({k: {"$bytes": base64.b64encode(v).decode()} if isinstance(v, (bytes, bytearray)) else v
+                       for k, v in facts.items()})
+
+
+def facts_from_json(text: str | None) -> dict[str, Any]:
+    """The inverse of `facts_to_json`."""
+    if not text:
+        return {}
+    return {k: base64.b64decode(v["$bytes"]) if isinstance(v, dict) and "$bytes" in v else v
+            for k, v in json.loads(text).items()}
+
 
 def write_shard(path: Path, shard: Shard, *, model: str) -> None:
-    """Write `shard` as Parquet atomically: temp file, fsync, rename."""
+    """Write `shard` as Parquet atomically (`clipsearch.atomic.atomic_writer`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -224,21 +262,14 @@ def write_shard(path: Path, shard: Shard, *, model: str) -> None:
         "width": pa.array(shard.widths, pa.int32()),
         "height": pa.array(shard.heights, pa.int32()),
         "error": pa.array(shard.errors, pa.string()),
-        "retry": pa.array(shard.retry if shard.retry is not None else [False] * len(shard), pa.bool_()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        "facts": pa.array([facts_to_json(f) for f in shard.facts] if shard.facts is not None else [""] * len(shard),
+                          pa.string()),
+        "fault": pa.array(shard.faults if shard.faults is not None else [FILE] * len(shard), pa.string()),
     }).replace_schema_metadata({_META_MODEL: model.encode(), _META_DIM: str(dim).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, "wb") as fh:
+        pq.write_table(table, fh)
 
 
 def read_shard(path: Path, *, dim: int, model: str | None = None) -> Shard | None:
@@ -261,11 +292,22 @@ def read_shard(path: Path, *, dim: int, model: str | None = None) -> Shard | Non
             heights=table.column("height").to_numpy().astype(np.int32),
             errors=table.column("error").to_pylist(),
             vectors=np.asarray(flat, np.float32).reshape(-1, dim),
-            retry=table.column("retry").to_pylist() if "retry" in table.column_names else None,
+            # Shards of a clipsearch without fact readers have no facts column: a back-fill reads them.
+            facts=([facts_from_json(f) for f in table.column("facts").to_pylist()]
+                   if "facts" in table.column_names else None),
+            faults=_faults_of(table),
         )
     except Exception as exc:  # pyarrow raises several types for a damaged file
         log.warning("shard %s is unreadable (%s); its files will be embedded again", path, exc)
         return None
+
+
+def _faults_of(table: Any) -> list[str] | None:
+    if "fault" in table.column_names:
+        return table.column("fault").to_pylist()
+    if "retry" in table.column_names:  # shards of a clipsearch that recorded only whether to retry
+        return [RUNTIME if r else FILE for r in table.column("retry").to_pylist()]
+    return None
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -274,98 +316,55 @@ def _shard_files(folder: Path) -> list[Path]:
 
 # -- the embedding actor --------------------------------------------------------------------
 class _Embedder:
-    """A Ray Data callable class: builds the encoder once per actor, then decodes and embeds batches of files.
+    """A Ray Data callable class: builds the encoder once per actor, then reads and encodes batches of files.
 
     In: batches of {path, size, mtime_ns}. Out: the same rows with width, height, error
-    ("" when indexed) and embedding (zeros for a skipped file). Mirrors `Indexer`: the
-    model's pixels when the encoder takes them (`pixel_spec` / `encode_pixels`), else
-    PIL images; a batch that fails to encode is retried file by file to find the culprit.
+    ("" when indexed), fault (whose fault the error is), embedding (zeros for a skipped
+    file) and facts (JSON, see `facts_to_json`). The stages are the single machine's: `read_file` in a thread pool
+    (with the library's fact readers), then `encode_batch` batch by batch.
     """
 
-    def __init__(self, encoder_spec: EncoderSpec, batch_size: int, threads: int) -> None:
+    def __init__(self, encoder_spec: EncoderSpec, batch_size: int, threads: int,
+                 readers: Sequence[FactReader] = ()) -> None:
         self.encoder = encoder_spec.build(threads=max(1, threads))
         self.batch_size = batch_size
         if "torch" in sys.modules:  # one actor per worker slot: no more threads than its CPUs
             import torch
 
             torch.set_num_threads(max(1, threads))
-        spec = getattr(self.encoder, "pixel_spec", None)
-        self.spec = spec if isinstance(spec, PixelSpec) and callable(getattr(self.encoder, "encode_pixels", None)) \
-            else None
-        self.target_size = getattr(self.encoder, "image_size", None)
+        self.spec = pixel_spec_of(self.encoder)
+        self.read = functools.partial(read_file, target_size=getattr(self.encoder, "image_size", None),
+                                      spec=self.spec, readers=tuple(readers))
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [FileRecord(str(p), int(s), int(m))
                    for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"])]
-        decoded = list(self.pool.map(self._decode, records))
-        dim = int(self.encoder.dim)
-        vectors = np.zeros((len(records), dim), np.float32)
-        errors = [d[3] for d in decoded]
-        retry = [d[4] for d in decoded]
-        ok = [i for i, d in enumerate(decoded) if d[3] is None]
+        decoded = list(self.pool.map(self.read, records))
+        vectors = np.zeros((len(records), int(self.encoder.dim)), np.float32)
+        errors = [d.error for d in decoded]
+        faults = [d.fault for d in decoded]
+        ok = [i for i, d in enumerate(decoded) if d.error is None]
         for start in range(0, len(ok), self.batch_size):
             rows = ok[start:start + self.batch_size]
-            for i, vec, err in self._encode([(i, decoded[i][1]) for i in rows]):
-                if err is None:
-                    vectors[i] = vec
-                else:
-                    errors[i], retry[i] = err, True  # the encoder's fault, not the file's
-        sizes = [d[2] for d in decoded]
+            vecs, errs = encode_batch(self.encoder, [decoded[i].model_input for i in rows], self.spec,
+                                      batch_size=self.batch_size)
+            for i, vec, err in zip(rows, vecs, errs):
+                vectors[i], errors[i] = vec, err
+                if err:
+                    faults[i] = RUNTIME
+        sizes = [d.original_size for d in decoded]
         return {
-            "path": np.array([d[0].path for d in decoded], dtype=object),
-            "size": np.array([d[0].size for d in decoded], np.int64),
-            "mtime_ns": np.array([d[0].mtime_ns for d in decoded], np.int64),
+            "path": np.array([d.record.path for d in decoded], dtype=object),
+            "size": np.array([d.record.size for d in decoded], np.int64),
+            "mtime_ns": np.array([d.record.mtime_ns for d in decoded], np.int64),
             "width": np.array([s[0] if s else -1 for s in sizes], np.int32),
             "height": np.array([s[1] if s else -1 for s in sizes], np.int32),
             "error": np.array([e or "" for e in errors], dtype=object),
-            "retry": np.array(retry, dtype=bool),
             "embedding": vectors,
+            "facts": np.array([facts_to_json(d.facts) for d in decoded], dtype=object),
+            "fault": np.array(faults, dtype=object),
         }
-
-    def _decode(self, record: FileRecord) -> tuple[FileRecord, Any, tuple[int, int] | None, str | None, bool]:
-        """(record as decoded, model input, original size, reason skipped, whether to retry it next run):
-        `indexer._decode`'s contract, and its classification of whose fault a failure is."""
-        try:
-            image = load_image(record.path, target_size=self.target_size)
-        except ImageLoadError as exc:
-            return record, None, None, exc.reason, exc.transient
-        except Exception as exc:  # a loader bug must cost one file, not the run; not the file's fault
-            log.warning("unexpected error decoding %s", record.path, exc_info=True)
-            return record, None, None, f"unexpected error: {exc}", True
-        original = image.info.get("original_size")
-        read = image.info.get("file_stat")
-        if read is not None and read != (record.size, record.mtime_ns):
-            record = FileRecord(record.path, *read)  # changed since the scan: record the version decoded
-        if self.spec is None:
-            return record, image, original, None, False
-        try:
-            return record, to_pixels(image, self.spec), original, None, False
-        except Exception as exc:
-            return record, None, None, f"could not encode: {exc}", True
-
-    def _encode(self, items: list[tuple[int, Any]]) -> list[tuple[int, np.ndarray | None, str | None]]:
-        def encode(inputs: list[Any]) -> np.ndarray:
-            if self.spec is not None:
-                return self.encoder.encode_pixels(np.stack(inputs))
-            return self.encoder.encode_images(inputs, batch_size=self.batch_size)
-
-        if not items:
-            return []
-        try:
-            vecs = encode([x for _, x in items])
-            return [(i, v, None) for (i, _), v in zip(items, vecs)]
-        except ClipSearchError:
-            raise
-        except Exception:  # one odd image must not sink the batch: find it
-            log.debug("batch encode failed; retrying one by one", exc_info=True)
-        out: list[tuple[int, np.ndarray | None, str | None]] = []
-        for i, x in items:
-            try:
-                out.append((i, encode([x])[0], None))
-            except Exception as exc:
-                out.append((i, None, f"could not encode: {exc}"))
-        return out
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -385,6 +384,7 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     with lib.write_lock(wait), ray_session(options) as ray:
         lib.indexes.set_choice(index_kind, max_memory)
+        lib.catalog.ensure_columns(lib.readers)
         plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
         plan.report.attempted = len(plan.todo)
         report = plan.report
@@ -406,6 +406,8 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
         finally:
             report.seconds = time.monotonic() - started
         lib.catalog.set_meta("roots", sorted({*lib.roots(), root}))
+        # Facts the library's readers have not read yet, of files not embedded now: read here, no model.
+        report.backfilled = backfill_facts(lib.catalog, lib.readers, root, progress=progress)
         if rebuild or _needs_ray_build(lib, lib.catalog.count("ok")) and (plan.gone or plan.todo):
             _install(lib, build_index_on_ray(lib, options=options, ray=ray))
         elif plan.gone or plan.todo:
@@ -473,7 +475,7 @@ def _embed_and_ingest(lib: "Library", ray: Any, plan: SyncPlan, encoder: Encoder
     if todo:
         bar = tqdm(total=len(todo), unit="img", desc="embedding on ray", disable=not progress, leave=False)
         run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-        for n, shard in enumerate(_embed(ray, todo, encoder, options)):
+        for n, shard in enumerate(_embed(ray, todo, encoder, options, lib.readers)):
             if shard.vectors.shape[1] != lib.dim:
                 raise DistributedError(f"the workers' encoder gives {shard.vectors.shape[1]}-d vectors but library "
                                        f"{lib.folder} holds {lib.dim}-d ones: check --model and --pretrained")
@@ -493,47 +495,13 @@ def _embed_and_ingest(lib: "Library", ray: Any, plan: SyncPlan, encoder: Encoder
         for p in (shard.paths[i] for i in keep):
             del wanted[p]  # a file is ingested once, even if a shard held it twice
         for start in range(0, len(keep), INGEST_CHUNK):
-            _ingest_rows(lib, shard, keep[start:start + INGEST_CHUNK], plan, update_index=update_index)
+            store_chunk(lib.catalog, lib.vector_index if update_index else None,
+                        shard.results(keep[start:start + INGEST_CHUNK]), plan.known, plan.report)
     # Everything a shard held is in the catalog now (or was stale): the shards have done their job.
     for path in _shard_files(folder):
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
-
-
-def _ingest_rows(lib: "Library", shard: Shard, rows: list[int], plan: SyncPlan, *, update_index: bool) -> None:
-    """Store one chunk of shard rows as `Indexer._store_chunk` stores a chunk: one transaction, then the index."""
-    report = plan.report
-    new_rows: list[NewImage] = []
-    failures: list[tuple[str, int, int, str]] = []
-    transient: list[tuple[str, str]] = []
-    for i in rows:
-        path, size, mtime = shard.paths[i], int(shard.sizes[i]), int(shard.mtimes[i])
-        if shard.errors[i] and shard.retry is not None and shard.retry[i]:
-            transient.append((path, shard.errors[i]))  # not the file's fault: its row stays as it was
-        elif shard.errors[i]:
-            failures.append((path, size, mtime, shard.errors[i]))
-        else:
-            w, h = int(shard.widths[i]), int(shard.heights[i])
-            new_rows.append(NewImage(path, size, mtime, shard.vectors[i], w if w >= 0 else None,
-                                     h if h >= 0 else None))
-    replaced = [plan.known[im.path].id for im in new_rows if im.path in plan.known]
-    replaced += [plan.known[f[0]].id for f in failures if f[0] in plan.known]
-    with lib.catalog.transaction():
-        ids = lib.catalog.add_images(new_rows)
-        lib.catalog.add_failures(failures, stack=decoder_stack())
-    if update_index:
-        if replaced:
-            lib.vector_index.remove(np.array(replaced, dtype=np.int64))
-        if new_rows:
-            lib.vector_index.add(np.array(ids, dtype=np.int64), np.stack([im.vector for im in new_rows]))
-    for im in new_rows:
-        if im.path in plan.known:
-            report.updated += 1
-        else:
-            report.added += 1
-    report.skipped.extend(SkippedFile(path, reason) for path, _, _, reason in failures)
-    report.skipped.extend(SkippedFile(path, reason, retry=True) for path, reason in transient)
 
 
 def _worker_resources(ray: Any, options: RayOptions) -> tuple[int, float, float]:
@@ -551,7 +519,8 @@ def _worker_resources(ray: Any, options: RayOptions) -> tuple[int, float, float]
     return workers, options.cpus_per_worker, gpus
 
 
-def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: RayOptions) -> Iterator[Shard]:
+def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: RayOptions,
+           readers: Sequence[FactReader] = ()) -> Iterator[Shard]:
     """Run the Ray Data pipeline over `todo`; yields shards of `options.shard_rows` rows in listing order."""
     import ray.data
 
@@ -570,7 +539,7 @@ def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: 
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _Embedder,
             fn_constructor_kwargs={"encoder_spec": encoder, "batch_size": options.batch_size,
-                                   "threads": max(1, int(cpus))},
+                                   "threads": max(1, int(cpus)), "readers": readers},
             batch_size=options.batch_size,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus,
@@ -582,7 +551,7 @@ def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: 
             yield Shard(paths=[str(p) for p in batch["path"]], sizes=batch["size"], mtimes=batch["mtime_ns"],
                         widths=batch["width"], heights=batch["height"], errors=errors,
                         vectors=np.asarray(batch["embedding"], np.float32),
-                        retry=[bool(r) for r in batch["retry"]])
+                        facts=[facts_from_json(f) for f in batch["facts"]], faults=[str(f) for f in batch["fault"]])
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 

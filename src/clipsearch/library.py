@@ -18,12 +18,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from clipsearch.catalog import LIBRARY_KEYS, Catalog, ImageRow
 from clipsearch.errors import CatalogError, ClipSearchError, LibraryLockedError, ModelMismatchError
+from clipsearch.facts import default_readers
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
 from clipsearch.indexer import Indexer, IndexReport
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from clipsearch.duplicates.moves import MoveJournal
 
     from clipsearch.encoder import Encoder
+    from clipsearch.facts import FactReader
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,8 @@ class Library:
 
     def __init__(self, folder: Path, catalog: Catalog, index: VectorIndex | LibraryIndex, *, model: str,
                  pretrained: str | None, encoder: "Encoder | None" = None, device: str | None = None,
-                 image_backend: str | None = None, fast_path: bool | None = None) -> None:
+                 image_backend: str | None = None, fast_path: bool | None = None,
+                 readers: "Sequence[FactReader] | None" = None) -> None:
         self.folder = folder
         self.catalog = catalog
         self.indexes = index if isinstance(index, LibraryIndex) else LibraryIndex(folder / INDEX_FILE, catalog, index)
@@ -91,6 +94,7 @@ class Library:
         self.device = device
         self.image_backend = image_backend  # for the encoder loaded on first use: see load_encoder
         self.fast_path = fast_path  # texts without torch: see clipsearch.encoder.LazyEncoder
+        self.readers: tuple[FactReader, ...] = tuple(default_readers() if readers is None else readers)
         self._encoder = encoder
         self._writing = False  # this object holds the write lock (see refresh)
         self._swapping = threading.Lock()  # refresh's swap vs a writer taking over
@@ -108,7 +112,8 @@ class Library:
     @classmethod
     def open(cls, folder: str | os.PathLike, model: str | None = None, pretrained: str | None = _UNSET, *,
              encoder: "Encoder | None" = None, device: str | None = None, create: bool = True,
-             image_backend: str | None = None, fast_path: bool | None = None) -> "Library":
+             image_backend: str | None = None, fast_path: bool | None = None,
+             readers: "Sequence[FactReader] | None" = None) -> "Library":
         """Open (or create) the library in `folder`.
 
         A new library uses `model`/`pretrained` (default: the bundled toyworld model); an
@@ -120,6 +125,9 @@ class Library:
         without torch once the model's text tower is exported (`fast_path=False`, or
         $CLIPSEARCH_FAST_PATH=0, keeps them on torch), and a sync with nothing new to encode
         loads no model at all; see `clipsearch.encoder.LazyEncoder`.
+        `readers`: the per-file fact readers (default `default_readers()`): their catalog
+        columns are added at open, they run on every file indexed, and `index` back-fills
+        the rows they have not read (see `clipsearch.facts`).
         """
         from clipsearch.encoder import DEFAULT_MODEL, default_pretrained
 
@@ -159,12 +167,14 @@ class Library:
             dim = int(catalog.get_meta("dim") or 0)
             if encoder is not None and encoder.dim != dim:
                 raise ModelMismatchError(f"encoder gives {encoder.dim}-d vectors but library {folder} holds {dim}-d ones")
+            readers = tuple(default_readers() if readers is None else readers)
+            _ensure_columns(catalog, readers)
             index = LibraryIndex.open(folder / INDEX_FILE, catalog, dim, try_lock=lambda: _try_write_lock(folder))
         except BaseException:
             catalog.close()
             raise
         return cls(folder, catalog, index, model=model, pretrained=pretrained, encoder=encoder, device=device,
-                   image_backend=image_backend, fast_path=fast_path)
+                   image_backend=image_backend, fast_path=fast_path, readers=readers)
 
     def close(self) -> None:
         self.catalog.close()
@@ -266,7 +276,7 @@ class Library:
         with self.write_lock(wait):
             self.indexes.set_choice(index_kind, max_memory)
             indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
-                              batch_size=batch_size)
+                              batch_size=batch_size, readers=self.readers)
             report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty,
                                   retry_failed=retry_failed, defer=defer, stop=stop)
             roots = set(self.roots())
@@ -290,6 +300,19 @@ class Library:
             self.indexes.set_choice(index_kind, max_memory)
             self.indexes.rebuild()
         return self.vector_index.ntotal
+
+    def backfill_facts(self, root: str | os.PathLike | None = None, *, progress: bool = False,
+                       wait: float = 0.0) -> int:
+        """Read the facts the library's readers have not read (at their current version) for indexed photos
+        (under `root`); no model is loaded, nothing is re-encoded. Returns the photos updated.
+
+        `Library.index` does this for its root at the end of every run.
+        """
+        from clipsearch.indexer import backfill_facts
+
+        where = os.path.abspath(os.path.expanduser(os.fspath(root))) if root is not None else None
+        with self.write_lock(wait):
+            return backfill_facts(self.catalog, self.readers, where, progress=progress)
 
     def index_choice(self) -> tuple[str, int | None]:
         """The library's index setting: (kind or "auto", memory budget in bytes or None)."""
@@ -486,6 +509,16 @@ def _lazy_encoder(model: str, pretrained: str | None, device: str | None, image_
     return LazyEncoder(model, pretrained, full.dim if full is not None else int(dim or 0), device=device,
                        image_backend=image_backend, fast_path=fast_path, full=full,
                        load=lambda: _load_encoder(model, pretrained, device, image_backend=image_backend))
+
+
+def _ensure_columns(catalog: Catalog, readers: "Sequence[FactReader]") -> None:
+    """Add the readers' catalog columns; a read-only library is searched without them (a warning)."""
+    try:
+        catalog.ensure_columns(readers)
+    except CatalogError as exc:
+        if not catalog.path.parent.exists() or os.access(catalog.path.parent, os.W_OK):
+            raise
+        log.warning("%s; the library is read-only, so its new fact columns were not added", exc)
 
 
 def _try_write_lock(folder: Path) -> IO[str] | None:
