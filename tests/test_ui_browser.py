@@ -30,6 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = Path(os.environ.get("CLIPSEARCH_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 WIDTHS = [400, 1400]
 LONG_NAME = "holiday-2019-lisbon-tram-28-at-dusk-IMG_20190612_183455.jpg"
+HOSTILE_NAME = "<img src=x onerror=window.pwned=1>{{value}}.jpg"  # a legal file name on Linux
 
 
 def _chromium() -> str:
@@ -64,6 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any,
     photos = write_colour_photos(root / "photos", ["red", "green", "blue", "yellow", "purple", "orange"])
     write_colour_photos(root / "photos" / "sub", ["white", "black"])
     shutil.copy(photos["orange"], root / "photos" / LONG_NAME)
+    shutil.copy(photos["purple"], root / "photos" / "sub" / HOSTILE_NAME)
     (root / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
@@ -130,7 +132,7 @@ def test_the_grid_fits_the_width_and_shows_whole_file_names(page, width):
     from playwright.sync_api import expect
 
     search(page, "orange")
-    expect(tiles(page)).to_have_count(9)
+    expect(tiles(page)).to_have_count(10)
     columns = page.evaluate("""() => { const t = [...document.querySelectorAll('#results .cs-tile')];
                                        return t.filter(x => x.offsetTop === t[0].offsetTop).length; }""")
     assert (2 <= columns <= 3) if width == 400 else columns >= 4, columns
@@ -169,6 +171,19 @@ def test_select_then_arrow_keys_and_buttons_walk_the_results(page, width):
     assert f"#{shown_id}" in page.locator("#details").inner_text()
 
 
+def test_file_names_are_shown_as_text_never_run_as_html(page):
+    from playwright.sync_api import expect
+
+    search(page, "purple")
+    tile = tiles(page).filter(has_text="onerror").first
+    expect(tile).to_contain_text(HOSTILE_NAME)
+    assert page.locator("#results img[src=x]").count() == 0
+    tile.click()
+    expect(page.locator("#details")).to_contain_text("onerror")
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.pwned") is None
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_a_new_search_clears_a_stale_selection(page, width):
     from playwright.sync_api import expect
@@ -190,7 +205,7 @@ def test_number_inputs_rerun_the_search_on_enter_and_load_more_pages(page, width
     from playwright.sync_api import expect
 
     search(page, "red")
-    expect(tiles(page)).to_have_count(9)
+    expect(tiles(page)).to_have_count(10)
     k = page.locator("#k input[type=number]")
     k.fill("4")
     k.press("Enter")
@@ -200,7 +215,7 @@ def test_number_inputs_rerun_the_search_on_enter_and_load_more_pages(page, width
     more.click()
     expect(tiles(page)).to_have_count(8)
     more.click()
-    expect(tiles(page)).to_have_count(9)
+    expect(tiles(page)).to_have_count(10)
     expect(more).to_be_hidden()
     minimum = page.locator("#min-score input[type=number]")
     minimum.fill("0.5")
@@ -244,20 +259,26 @@ def test_the_map_fills_a_phone_and_a_tap_shows_the_photo(page, server, width):
 
     _, demo, _ = server
     page.get_by_role("tab", name="Explore").click()
-    expect(page.locator("#map-status")).to_contain_text("map of 9 photos")
+    expect(page.locator("#map-status")).to_contain_text("map of 10 photos")
     img = page.locator("#map img")
     box = img.bounding_box()
     if width == 400:
         assert box["width"] >= 0.9 * (width - 40), box
     h = demo.clipsearch_handlers
     view = h.draw_map("folder", "").view
-    green = next(i for i, g in zip(view.ids, view.groups) if "green.jpg" in h.photo(int(i)).details)
-    px, py = (float(v) for v in view.pixels[list(view.ids).index(green)])
+    # The point farthest from any other (a tap on a phone is coarse): where it is drawn and its photo's name.
+    import numpy as np
+
+    pts = np.asarray(view.pixels, np.float64)
+    gaps = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(-1)) + np.eye(len(pts)) * 1e9
+    lone = int(np.argmax(gaps.min(axis=1)))
+    name = h.photo(int(view.ids[lone])).details.split("**")[1].replace("\\", "")
+    px, py = pts[lone]
     natural = img.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     scale = min(box["width"] / natural[0], box["height"] / natural[1], 1)
     page.mouse.click(box["x"] + (box["width"] - natural[0] * scale) / 2 + px * scale,
                      box["y"] + (box["height"] - natural[1] * scale) / 2 + py * scale)
-    expect(page.locator("#map-details")).to_contain_text("green.jpg")
+    expect(page.locator("#map-details")).to_contain_text(name)
 
 
 def test_describe_labels_library_and_nothing_but_the_local_server(browser, server, tmp_path):

@@ -26,6 +26,8 @@ class SearchParts:
     query: gr.Textbox
     filters: list[Any]              # [k, min_score, folder]
     selected: gr.State              # id of the selected photo (None: none)
+    shown: gr.State                 # the results shown, in order: [{"id", "path", "score"}] (e.g. to act on them all)
+    status: gr.Markdown
     describe_btn: gr.Button
     folder: gr.Dropdown
     show_like: Callable[..., None]  # show_like(trigger, id_state): "More like this" into the results
@@ -158,5 +160,5 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
     gr.on([like_btn.click, like_text.submit], on_like, [selected, like_text, *filters],
           [*results, last_search, ctx.tabs], api_visibility="private")
     ctx.on_load(lambda: gr.Dropdown(choices=h.folder_choices()), [folder])
-    return SearchParts(query=query, filters=filters, selected=selected, describe_btn=describe_btn, folder=folder,
-                       show_like=show_like)
+    return SearchParts(query=query, filters=filters, selected=selected, shown=shown, status=status,
+                       describe_btn=describe_btn, folder=folder, show_like=show_like)
