@@ -343,3 +343,19 @@ def test_stable_top_orders_ties_by_id_whatever_the_search_returns():
     for a, b in zip(pages, pages[1:]):
         assert b[:len(a)] == a  # a longer page starts with the shorter one
     assert [h.id for h in pages[1]] == [1, 11, 12, 13, 14, 15]
+
+
+def test_stable_top_keeps_an_order_that_is_not_by_score():
+    from dataclasses import dataclass
+
+    from clipsearch_ui.paging import stable_top
+
+    @dataclass
+    class H:
+        score: float | None
+        id: int
+
+    by_date = [H(0.1, 5), H(0.9, 2), H(0.5, 7)]
+    assert [h.id for h in stable_top(lambda k: by_date[:k], 2)] == [5, 2]
+    unscored = [H(None, 3), H(None, 1)]
+    assert [h.id for h in stable_top(lambda k: unscored[:k], 5)] == [3, 1]

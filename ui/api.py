@@ -71,7 +71,8 @@ class Hit(_Model):
     id: int = Field(description="catalog id: the only way to name a photo in this API")
     path: str = Field(description="the file's path relative to its photo folder (`root`)")
     root: str = Field(description="the photo folder (as indexed) that holds the file")
-    score: float = Field(description="cosine similarity to the query, -1..1; higher is closer")
+    score: float | None = Field(description="cosine similarity to the query, -1..1, higher is closer; null when "
+                                            "a query of filters alone listed the photo")
     width: int | None = Field(description="pixels, as indexed")
     height: int | None
     taken_at: str | None = Field(description="capture time, ISO 8601, when the library knows it")
@@ -275,7 +276,8 @@ class PhotoApi:
             if row is None:  # removed since the search (another process is writing)
                 continue
             root, rel = split_root(row.path, roots)
-            out.append(Hit(id=h.id, path=rel, root=root, score=round(float(h.score), 6), width=row.width,
+            score = None if h.score is None else round(float(h.score), 6)
+            out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
                            height=row.height, taken_at=None, thumb_url=self.thumb_url(h.id)))
         return out
 

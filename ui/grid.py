@@ -102,8 +102,9 @@ def grid_value(shown: Sequence[dict], selected: int | None = None, *, more: bool
     hits = []
     for i, s in enumerate(shown):
         name = os.path.basename(s["path"])
-        hits.append({"id": int(s["id"]), "name": name, "score": f"{s['score']:.3f}",
-                     "title": f"{name} · #{s['id']} · score {s['score']:.3f}",
+        score = "" if s["score"] is None else f"{s['score']:.3f}"
+        hits.append({"id": int(s["id"]), "name": name, "score": score,
+                     "title": f"{name} · #{s['id']}" + (f" · score {score}" if score else ""),
                      "thumb": f"/api/photos/{int(s['id'])}/thumb", "selected": i == selected})
     return {"hits": hits, "more": bool(more)}
 

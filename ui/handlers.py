@@ -169,7 +169,7 @@ class Handlers:
         seen = {s["id"] for s in shown}
         page = [h for h in hits[len(shown):len(shown) + k] if h.id not in seen]
         more = len(hits) > len(shown) + k
-        shown += [{"id": h.id, "path": h.path, "score": float(h.score)} for h in page]
+        shown += [{"id": h.id, "path": h.path, "score": None if h.score is None else float(h.score)} for h in page]
         if shown:
             status = f"**{len(shown)}** photo{'s' if len(shown) != 1 else ''} for {what}"
             status += " · more below" if more else ""

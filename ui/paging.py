@@ -6,7 +6,7 @@ from typing import Callable, Protocol, Sequence, TypeVar
 
 class Scored(Protocol):
     @property
-    def score(self) -> float: ...
+    def score(self) -> float | None: ...
 
     @property
     def id(self) -> int: ...
@@ -18,6 +18,9 @@ H = TypeVar("H", bound=Scored)
 def stable_top(run: Callable[[int], Sequence[H]], n: int, *, limit: int = 100_000) -> list[H]:
     """The top `n` hits of `run(k)` (a search for the best k) in a stable order: score, then id.
 
+    A ranking that is not by score (a query sorted by date, hits without a score) is kept in
+    the order the search gives.
+
     A nearest-neighbour search breaks ties arbitrarily, so the photos cut off at the n-th
     place may differ between two calls with different k (between two pages). Here, while the
     n-th score ties with the last one fetched, more are fetched, so that every hit with that
@@ -25,7 +28,10 @@ def stable_top(run: Callable[[int], Sequence[H]], n: int, *, limit: int = 100_00
     """
     fetch = max(1, n)
     while True:
-        hits = sorted(run(fetch), key=lambda h: (-h.score, h.id))
+        found = list(run(fetch))
+        if any(h.score is None for h in found) or any(a.score < b.score for a, b in zip(found, found[1:])):  # type: ignore[operator]
+            return found[:n]  # the search's own order (by date, say): kept as it is
+        hits = sorted(found, key=lambda h: (-h.score, h.id))  # type: ignore[operator]
         if len(hits) < fetch or len(hits) < n or hits[-1].score < hits[n - 1].score or fetch >= limit:
             return hits[:n]
         fetch = min(limit, fetch * 2)
