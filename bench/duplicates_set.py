@@ -67,6 +67,10 @@ def textured_photo(rng: np.random.Generator, size: tuple[int, int] = (480, 360))
     return Image.fromarray((np.asarray(img, np.float32) + grain).clip(0, 255).astype(np.uint8))
 
 
+def _exif_bytes(meta: Image.Exif | None) -> bytes:
+    return meta.tobytes() if meta is not None else b""
+
+
 def _save(img: Image.Image, path: Path, fmt: str, **kw: object) -> None:
     img.save(path, format=fmt, **kw)
 
@@ -175,10 +179,30 @@ def _heif_ok() -> bool:
         return False
 
 
+def _camera_exif(rng: np.random.Generator, taken: "datetime.datetime") -> Image.Exif:
+    meta = tw.ToyPhotoMeta(taken, tw.CITIES[0], tw.CAMERAS[int(rng.integers(len(tw.CAMERAS)))], False, 0.0, 0.0,
+                           100, 1 / 250)
+    return tw.exif_bytes(meta)
+
+
 def make_set(out_dir: str | os.PathLike, *, toy: int = 20, photos: int = 10, series: int = 10, shots: int = 3,
              distractors: int = 20, transforms: tuple[str, ...] | None = None, size: int = 384,
-             seed: int = 0) -> list[Item]:
-    """Write the labelled set under `out_dir` and return its items (see the module docstring)."""
+             seed: int = 0, exif: bool = True) -> list[Item]:
+    """Write the labelled set under `out_dir` and return its items (see the module docstring).
+
+    With `exif`, every camera file carries a capture time (EXIF DateTimeOriginal): the
+    copies saved as JPEG or HEIC keep their original's, PNG and WebP exports lose it, the
+    shots of a burst are 1-3 s apart and a distractor was taken on another day.
+    """
+    import datetime
+
+    start = datetime.datetime(2021, 5, 1, 10, 0, 0, tzinfo=datetime.timezone.utc)
+    camera_rng = np.random.default_rng([seed, 9])
+
+    def stamp(day: int, seconds: float = 0.0) -> Image.Exif | None:
+        if not exif:
+            return None
+        return _camera_exif(camera_rng, start + datetime.timedelta(days=day, seconds=seconds))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -189,12 +213,20 @@ def make_set(out_dir: str | os.PathLike, *, toy: int = 20, photos: int = 10, ser
     picture = 0
     toy_scenes: list[tuple[int, tw.Scene]] = []
 
-    def put(img: Image.Image, name: str, fmt: str, kw: dict, **labels: object) -> None:
+    def put(img: Image.Image, name: str, fmt: str, kw: dict, meta: Image.Exif | None = None,
+            **labels: object) -> None:
         path = out / f"{name}{EXTENSIONS[fmt]}"
+        if meta is not None and fmt in ("JPEG", "HEIF"):
+            if "exif" in kw:  # the EXIF-rotated copy: the camera's EXIF with its orientation
+                meta = Image.Exif()
+                meta.load(_exif_bytes(stamp_of[labels["picture"]]))
+                meta[0x0112] = 6
+            kw = {**kw, "exif": meta.tobytes() if hasattr(meta, "tobytes") else meta}
         _save(img, path, fmt, **kw)
         items.append(Item(str(path), **labels))  # type: ignore[arg-type]
 
     originals: list[tuple[int, Image.Image, str]] = []
+    stamp_of: dict[int, Image.Exif | None] = {}
     for i in range(toy):
         scene = tw.sample_scene(rng, "train")
         img = tw.render(scene, np.random.default_rng([seed, 1, i]), size)
@@ -206,25 +238,31 @@ def make_set(out_dir: str | os.PathLike, *, toy: int = 20, photos: int = 10, ser
         originals.append((picture, img, f"photo{i:03d}"))
         picture += 1
     for pic, img, stem in originals:
-        put(img, f"{stem}_original", "JPEG", {"quality": 92}, picture=pic, moment=pic, kind="original")
+        stamp_of[pic] = stamp(pic, 0.0)
+        put(img, f"{stem}_original", "JPEG", {"quality": 92}, stamp_of[pic], picture=pic, moment=pic,
+            kind="original")
         for t, name in enumerate(names):
             trng = np.random.default_rng([seed, 3, pic, t])
             out_img, fmt, kw = TRANSFORMS[name](img, trng)
-            put(out_img, f"{stem}_{name}", fmt, kw, picture=pic, moment=pic, kind=name)
+            put(out_img, f"{stem}_{name}", fmt, kw, stamp_of[pic], picture=pic, moment=pic, kind=name)
     moment = picture
     for s in range(series):
         scene = tw.sample_scene(rng, "train")
         reframe = 0.015 if s % 2 else 0.0
         shots_ = tw.render_series(scene, np.random.default_rng([seed, 4, s]), shots, size, motion=0.06,
                                   reframe=reframe)
+        when = 0.0
         for k, img in enumerate(shots_):
-            put(img, f"series{s:03d}_shot{k}", "JPEG", {"quality": 92}, picture=picture, moment=moment, kind="shot")
+            when += float(np.random.default_rng([seed, 6, s, k]).uniform(1, 3)) if k else 0.0
+            put(img, f"series{s:03d}_shot{k}", "JPEG", {"quality": 92}, stamp(1000 + s, when), picture=picture,
+                moment=moment, kind="shot")
             picture += 1
         moment += 1
     for d in range(min(distractors, len(toy_scenes))):
         of, scene = toy_scenes[d % len(toy_scenes)]
         img = tw.render(scene, np.random.default_rng([seed, 5, d]), size)
-        put(img, f"toy{of:03d}_distractor{d}", "JPEG", {"quality": 92}, picture=picture, moment=moment,
+        put(img, f"toy{of:03d}_distractor{d}", "JPEG", {"quality": 92}, stamp(2000 + d, 0.0), picture=picture,
+            moment=moment,
             kind="distractor", distractor_of=of)
         picture += 1
         moment += 1

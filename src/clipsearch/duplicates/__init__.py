@@ -17,13 +17,13 @@ from __future__ import annotations
 from clipsearch.duplicates.facts import PHASH_READER, FactsCache, PhashReader, PhotoFacts
 from clipsearch.duplicates.groups import (
     LEVELS, DuplicateGroup, DuplicateMember, DuplicateOptions, DuplicateReport, DuplicatesError, PairDecision,
-    choose_keeper, decide, find_duplicates, group_pairs,
+    choose_keeper, decide, find_all_duplicates, find_duplicates, group_pairs,
 )
 from clipsearch.duplicates.pixels import PairEvidence, Signature, compare, dct_hash, load_signature, rotate_hash
 
 __all__ = [
     "LEVELS", "PHASH_READER", "DuplicateGroup", "DuplicateMember", "DuplicateOptions", "DuplicateReport",
     "DuplicatesError", "FactsCache", "PairDecision", "PairEvidence", "PhashReader", "PhotoFacts", "Signature",
-    "choose_keeper", "compare", "dct_hash", "decide", "find_duplicates", "group_pairs", "load_signature",
+    "choose_keeper", "compare", "dct_hash", "decide", "find_all_duplicates", "find_duplicates", "group_pairs", "load_signature",
     "rotate_hash",
 ]

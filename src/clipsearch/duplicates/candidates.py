@@ -108,11 +108,17 @@ def popcount(x: np.ndarray) -> np.ndarray:
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
 
-def hash_distances(hashes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Smallest Hamming distance over the four rotations of the second hash, per pair."""
+def hash_distances(hashes: np.ndarray, pairs: np.ndarray, *, with_rotation: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Smallest Hamming distance over the four rotations of the second hash, per pair
+    (and, `with_rotation`, the degrees of the rotation that gives it; 0 on ties)."""
     rot = rotated_hashes(hashes)
     a = np.asarray(hashes, np.int64)[pairs[:, 0]]
-    return np.min(np.stack([popcount(a ^ rot[pairs[:, 1], r]) for r in range(4)], 1), axis=1)
+    d = np.stack([popcount(a ^ rot[pairs[:, 1], r]) for r in range(4)], 1)
+    best = d.min(axis=1)
+    if not with_rotation:
+        return best
+    return best, 90 * np.argmin(d, axis=1)
 
 
 def hash_pairs(hashes: np.ndarray, max_distance: int = 10) -> tuple[np.ndarray, np.ndarray]:

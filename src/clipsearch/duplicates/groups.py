@@ -61,6 +61,7 @@ class DuplicateOptions:
     fast_moment_hash: int = 20       # verify="fast": a moment's hash within this ...
     fast_moment_clip: float = 0.9    # ... and CLIP above this
     use_hashes: bool = True          # read every photo's hash (cached) to find rotated copies
+    use_capture_time: bool = True    # EXIF capture times overrule the pixels (see decide)
 
     def __post_init__(self) -> None:
         if self.verify not in VERIFY:
@@ -183,7 +184,8 @@ class _SignatureSource:
 
 
 def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts | None, facts_b: PhotoFacts | None,
-           clip: float, hash_distance: int, options: DuplicateOptions, a: int = 0, b: int = 0) -> PairDecision:
+           clip: float, hash_distance: int, options: DuplicateOptions, a: int = 0, b: int = 0, *,
+           rotation: int = 0) -> PairDecision:
     """The level of one candidate pair from the evidence that fits it (see the module docstring)."""
     evidence = None
     if options.verify == "pixels":
@@ -194,9 +196,7 @@ def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts
         evidence = compare(sig_a, sig_b)
         level = evidence.level
     else:
-        rotated = False
-        if facts_a is not None and facts_b is not None:
-            rotated = (facts_a.width > facts_a.height) != (facts_b.width > facts_b.height)
+        rotated = rotation != 0   # the hashes agree best with one of them turned
         if hash_distance <= options.fast_copy_hash and (clip >= options.fast_copy_clip or rotated):
             level = "copy"
         elif hash_distance <= options.fast_moment_hash and clip >= options.fast_moment_clip:
@@ -205,7 +205,8 @@ def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts
             level = None
     seconds = None
     note = evidence.reason if evidence else ""
-    if facts_a is not None and facts_b is not None and facts_a.taken_ts is not None and facts_b.taken_ts is not None:
+    if (options.use_capture_time and facts_a is not None and facts_b is not None and facts_a.taken_ts is not None
+            and facts_b.taken_ts is not None):
         seconds = abs(facts_a.taken_ts - facts_b.taken_ts)
         if level == "copy" and seconds >= 1.0:
             level = "moment" if seconds <= options.moment_seconds else None
@@ -344,6 +345,19 @@ def find_duplicates(catalog: "Catalog", dim: int, *, level: str = "copies", fold
     """Groups of copies or of moments among the catalog's indexed photos (under `folder` when given)."""
     if level not in LEVELS:
         raise DuplicatesError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+    return find_all_duplicates(catalog, dim, levels=(level,), folder=folder, options=options, cache=cache,
+                               progress=progress, report=report)[level]
+
+
+def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] = LEVELS, folder: str | None = None,
+                        options: DuplicateOptions | None = None, cache: FactsCache | None = None,
+                        progress: bool = False, report: DuplicateReport | None = None
+                        ) -> dict[str, list[DuplicateGroup]]:
+    """The groups of each of `levels` from one pass over the candidate pairs: {level: groups}."""
+    for level in levels:
+        if level not in LEVELS:
+            raise DuplicatesError(f"unknown level {level!r}; choose one of: {', '.join(LEVELS)}")
+    empty: dict[str, list[DuplicateGroup]] = {level: [] for level in levels}
     options = options or DuplicateOptions()
     report = report if report is not None else DuplicateReport()
     cache = cache or FactsCache(None)
@@ -351,14 +365,14 @@ def find_duplicates(catalog: "Catalog", dim: int, *, level: str = "copies", fold
         folder = os.path.abspath(os.path.expanduser(os.fspath(folder)))
         ids = catalog.ids_under(folder)
         if not len(ids):
-            return []
+            return empty
     else:
         ids = None
     ids, vectors = catalog.vectors_of(None if ids is None else ids.tolist(), dim)
     n = len(ids)
     report.photos = n
     if n < 2:
-        return []
+        return empty
     rows = catalog.get_images(ids.tolist())
     source = _SignatureSource(rows, cache)
     cpairs, csims = clip_pairs(vectors, options.k, options.min_similarity)
@@ -375,7 +389,7 @@ def find_duplicates(catalog: "Catalog", dim: int, *, level: str = "copies", fold
     report.hash_pairs = len(hpairs)
     pairs = np.unique(np.concatenate([cpairs, hpairs]), axis=0) if len(hpairs) else cpairs
     if not len(pairs):
-        return []
+        return empty
     clip = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
     if not options.use_hashes:
         source.load_facts(np.unique(ids[pairs]).tolist(), progress=progress)
@@ -385,44 +399,52 @@ def find_duplicates(catalog: "Catalog", dim: int, *, level: str = "copies", fold
                 hashes[pos] = f.phash
     known = (hashes[pairs[:, 0]] >= 0) & (hashes[pairs[:, 1]] >= 0)
     hd = np.full(len(pairs), 64, np.int64)
+    hrot = np.zeros(len(pairs), np.int64)
     if known.any():
-        hd[known] = hash_distances(hashes, pairs[known])
+        hd[known], hrot[known] = hash_distances(hashes, pairs[known], with_rotation=True)
     from tqdm import tqdm
 
-    levels: list[str | None] = []
+    pair_levels: list[str | None] = []
     decisions: dict[tuple[int, int], PairDecision] = {}
     # Most alike first; a pair already joined by copies needs no comparison of its own
     # (copies of copies are copies): a family of m copies costs about m comparisons, not m²/2.
     order = np.lexsort((-clip, hd))
-    pairs, clip, hd = pairs[order], clip[order], hd[order]
+    pairs, clip, hd, hrot = pairs[order], clip[order], hd[order], hrot[order]
     joined = _UnionFind(n)
-    for (p, q), sim, dist in tqdm(zip(pairs.tolist(), clip.tolist(), hd.tolist()), total=len(pairs),
+    for (p, q), sim, dist, turn in tqdm(zip(pairs.tolist(), clip.tolist(), hd.tolist(), hrot.tolist()), total=len(pairs),
                                   desc="comparing", unit="pair", disable=not progress):
         a, b = int(ids[p]), int(ids[q])
         if joined.same(p, q):
-            levels.append("copy")
+            pair_levels.append("copy")
             continue
         pixels = options.verify == "pixels" and dist <= options.max_pixel_hash
         d = decide(source.signature(a) if pixels else None, source.signature(b) if pixels else None,
-                   source.facts.get(a), source.facts.get(b), float(sim), int(dist), options, a, b)
-        levels.append(d.level)
+                   source.facts.get(a), source.facts.get(b), float(sim), int(dist), options, a, b, rotation=int(turn))
+        pair_levels.append(d.level)
         if d.level == "copy":
             joined.union(p, q)
         decisions[(a, b)] = decisions[(b, a)] = d
         report.decisions.append(d)
     report.compared = len(report.decisions)
     report.unreadable = sorted(set(source.unreadable))
+    return {level: _build_groups(level, n, pairs, pair_levels, ids, vectors, rows, source.facts, decisions)
+            for level in levels}
+
+
+def _build_groups(level: str, n: int, pairs: np.ndarray, pair_levels: list[str | None], ids: np.ndarray,
+                  vectors: np.ndarray, rows: dict, facts: dict[int, PhotoFacts],
+                  decisions: dict[tuple[int, int], PairDecision]) -> list[DuplicateGroup]:
     groups = []
-    level_word = "copies" if level == "copies" else "moments"
-    for members in group_pairs(n, pairs, levels, level):
+    level_word = level
+    for members in group_pairs(n, pairs, pair_levels, level):
         member_ids = [int(ids[p]) for p in members]
-        keeper, reason = choose_keeper(source.facts, member_ids, level_word)
+        keeper, reason = choose_keeper(facts, member_ids, level_word)
         kvec = vectors[members[member_ids.index(keeper)]]
         out = []
         for pos, mid in zip(members, member_ids):
             row = rows[mid]
-            f = source.facts.get(mid)
-            why = f"keep: {reason}" if mid == keeper else _why(mid, keeper, level_word, source.facts,
+            f = facts.get(mid)
+            why = f"keep: {reason}" if mid == keeper else _why(mid, keeper, level_word, facts,
                                                                decisions.get((keeper, mid)) or _any_edge(decisions, mid, member_ids))
             out.append(DuplicateMember(row.path, mid, float(vectors[pos] @ kvec), why,
                                        f.width if f else row.width, f.height if f else row.height,
