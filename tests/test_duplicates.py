@@ -223,3 +223,28 @@ def test_undo_of_a_file_that_is_not_a_journal_says_so(dup_library, tmp_path: Pat
         lib.undo_moves(bogus)
     with pytest.raises(MoveError, match="no move journal"):
         lib.undo_moves(tmp_path / "missing.jsonl")
+
+
+def test_ui_tab_shows_groups_with_keeper_and_moves_only_once_confirmed(dup_library, tmp_path: Path) -> None:
+    import threading
+
+    from clipsearch_ui import duplicates_tab
+    from clipsearch_ui.app import build_app
+
+    lib, _, _ = dup_library
+    assert "Duplicates" in {label for _, label, _ in __import__("clipsearch_ui.app", fromlist=["TABS"]).TABS}
+    build_app(lib)  # the tab builds with the others
+    lock = threading.RLock()
+    groups, status = duplicates_tab.find(lib, lock, "copies", None)
+    assert groups and status.startswith(f"{len(groups)} groups of copies")
+    value = duplicates_tab.groups_value(groups)
+    assert all(sum(m["keep"] for m in g["members"]) == 1 for g in value["groups"])
+    assert all("×" in m["size"] for g in value["groups"] for m in g["members"])
+    others = [m.path for g in groups for m in g.others]
+    assert duplicates_tab.move(lib, lock, groups, str(tmp_path / "aside"), False).startswith("Tick")
+    assert all(os.path.exists(p) for p in others)
+    message = duplicates_tab.move(lib, lock, groups, str(tmp_path / "aside"), True)
+    assert message.startswith(f"Moved {len(others)} photos") and "--undo" in message
+    journal = message.split("--undo ")[1].rstrip("`")
+    lib.undo_moves(journal)
+    assert all(os.path.exists(p) for p in others)
