@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from clipsearch.errors import (
     CatalogError,
     ClipSearchError,
+    ConceptError,
     DatasetError,
     ImageLoadError,
     IndexFileError,
@@ -26,6 +27,7 @@ from clipsearch.errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from clipsearch.concepts import Concept
     from clipsearch.library import Library
     from clipsearch.search import Hit, TextHit
 
@@ -33,6 +35,7 @@ __all__ = [
     "Library", "Hit", "TextHit", "ClipSearchError", "CatalogError", "ImageLoadError",
     "IndexFileError", "IndexingError", "LibraryLockedError", "ModelError", "ModelMismatchError",
     "PhotoRootError", "QueryError", "SchemaVersionError", "WeightsUnavailableError", "DatasetError", "TrainingError",
+    "ConceptError", "Concept",
 ]
 
 
@@ -41,6 +44,9 @@ def __getattr__(name: str) -> Any:
     if name == "Library":
         from clipsearch.library import Library
         return Library
+    if name == "Concept":
+        from clipsearch.concepts import Concept
+        return Concept
     if name in ("Hit", "TextHit"):
         from clipsearch import search
         return getattr(search, name)

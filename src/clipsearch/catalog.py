@@ -55,6 +55,19 @@ CREATE TABLE IF NOT EXISTS texts (
     vector   BLOB NOT NULL,
     added_at REAL NOT NULL
 );
+-- Personal concepts ("bella"): a query vector made from a few example photos, usable as a
+-- word in queries. Kept apart from images, so re-indexing and index rebuilds leave them be;
+-- `model` is the model signature they were made with (another model cannot use them).
+CREATE TABLE IF NOT EXISTS concepts (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL UNIQUE,
+    vector     BLOB NOT NULL,
+    examples   BLOB NOT NULL,
+    sources    TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    params     TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -71,6 +84,20 @@ class ImageRow:
     width: int | None = None
     height: int | None = None
     indexed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ConceptRow:
+    """A stored concept: its query vector, its examples' vectors, where they came from, and the model used."""
+
+    id: int
+    name: str
+    vector: np.ndarray
+    examples: np.ndarray          # (k, dim) image vectors of the examples
+    sources: list[str]            # what each example was: "#12 /photos/a.jpg" or a file path
+    model: str                    # the model signature the vectors belong to
+    params: dict[str, Any]        # how the vector was made, and its spread
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -326,6 +353,10 @@ class Catalog:
     def meta(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
 
+    def model_signature(self) -> str:
+        """The model the stored vectors belong to, as "model/pretrained/dim": vectors of another signature don't mix."""
+        return f"{self.get_meta('model')}/{self.get_meta('pretrained')}/{self.get_meta('dim')}"
+
     @property
     def generation(self) -> int:
         """Bumped by every committed transaction; the index records the one it matches."""
@@ -527,3 +558,44 @@ class Catalog:
         vecs = (np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), dim)
                 if rows else np.zeros((0, dim), np.float32))
         return ids, [r[1] for r in rows], vecs
+
+    # -- concepts -------------------------------------------------------------------
+    def put_concept(self, name: str, vector: np.ndarray, examples: np.ndarray, sources: Sequence[str], model: str,
+                    params: dict[str, Any], *, replace: bool = False) -> bool:
+        """Store a concept; False (and nothing written) if `name` exists and not `replace`."""
+        with self.transaction(bump=False):
+            exists = self._db.execute("SELECT 1 FROM concepts WHERE name=?", (name,)).fetchone()
+            if exists and not replace:
+                return False
+            self._db.execute("DELETE FROM concepts WHERE name=?", (name,))
+            self._db.execute(
+                "INSERT INTO concepts(name, vector, examples, sources, model, params, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, _blob(vector), _blob(examples), json.dumps(list(sources)), model, json.dumps(params),
+                 time.time()))
+            self._bump_concepts_version()
+        return True
+
+    def remove_concept(self, name: str) -> bool:
+        with self.transaction(bump=False):
+            removed = self._db.execute("DELETE FROM concepts WHERE name=?", (name,)).rowcount
+            if removed:
+                self._bump_concepts_version()
+        return bool(removed)
+
+    def concepts(self, dim: int) -> list[ConceptRow]:
+        """Every stored concept, by name."""
+        rows = self._db.execute("SELECT id, name, vector, examples, sources, model, params, created_at "
+                                "FROM concepts ORDER BY name").fetchall()
+        return [ConceptRow(r[0], r[1], np.frombuffer(r[2], np.float32).copy(),
+                           np.frombuffer(r[3], np.float32).reshape(-1, dim).copy(), json.loads(r[4]), r[5],
+                           json.loads(r[6]), r[7]) for r in rows]
+
+    def _bump_concepts_version(self) -> None:
+        self._db.execute("INSERT INTO meta(key, value) VALUES ('concepts_version', '1') "
+                         "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+
+    @property
+    def concepts_version(self) -> int:
+        """Bumped by every change to the concepts (by any process): for caches of them."""
+        return int(self.get_meta("concepts_version", "0") or 0)

@@ -74,3 +74,7 @@ class TrainingError(ClipSearchError):
 
 class IndexingError(ClipSearchError):
     """An indexing run stopped: every file of a batch failed the same way, for a reason not their own."""
+
+
+class ConceptError(QueryError):
+    """A personal concept cannot be made, found or used (bad name, no examples, made with another model)."""

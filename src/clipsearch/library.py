@@ -23,7 +23,8 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequenc
 import numpy as np
 
 from clipsearch.catalog import LIBRARY_KEYS, Catalog, ImageRow
-from clipsearch.errors import CatalogError, ClipSearchError, LibraryLockedError, ModelMismatchError
+from clipsearch.concepts import Concept
+from clipsearch.errors import CatalogError, ClipSearchError, ConceptError, LibraryLockedError, ModelMismatchError
 from clipsearch.facts import default_readers
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
@@ -331,6 +332,93 @@ class Library:
 
     def texts(self) -> list[str]:
         return self.catalog.texts()
+
+    # -- personal concepts --------------------------------------------------------------
+    def add_concept(self, name: str, examples: Sequence["str | os.PathLike | bytes | Image.Image | int"], *,
+                    replace: bool = False) -> Concept:
+        """Teach the library a name from a few example photos; then use it like a word in queries.
+
+        `examples`: indexed image ids (int or "#12"), image files (a file already indexed
+        uses its stored vector), bytes or PIL images. No training run: see
+        `clipsearch.concepts.build_concept`. The concept is stored in the catalog, so it
+        survives re-indexing and index rebuilds. ConceptError if the name exists (pass
+        `replace=True`) or an example cannot be read. A concept whose examples look like
+        different things comes back with `weak=True`.
+        """
+        from clipsearch.concepts import build_concept, check_name, concept_from_row
+
+        key = check_name(name)
+        if not examples:
+            raise ConceptError(f"concept {key!r} needs at least one example photo ('#ID' of an indexed photo, "
+                               "or an image file)")
+        vectors, sources = [], []
+        for example in examples:
+            vec, source = self._example_vector(example)
+            vectors.append(vec)
+            sources.append(source)
+        stacked = np.stack(vectors).astype(np.float32)
+        vector, params = build_concept(stacked, self._library_sample())
+        signature = self.catalog.model_signature()
+        if not self.catalog.put_concept(key, vector, stacked, sources, signature, params, replace=replace):
+            raise ConceptError(f"concept {key!r} already exists: pass --replace (replace=True) to make it again "
+                               "from these examples, or choose another name")
+        row = next(r for r in self.catalog.concepts(self.dim) if r.name == key)
+        concept = concept_from_row(row, signature)
+        if concept.weak:
+            log.warning("concept %r is weak (coherence %.2f): its examples look like different things",
+                        key, concept.coherence)
+        return concept
+
+    def _example_vector(self, example: Any) -> tuple[np.ndarray, str]:
+        if isinstance(example, str) and example.startswith("#") and example[1:].isdigit():
+            example = int(example[1:])
+        if isinstance(example, (int, np.integer)):
+            found = self.catalog.vectors_for([int(example)], self.dim).get(int(example))
+            row = self.catalog.get_image(int(example))
+            if found is None or row is None:
+                raise ConceptError(f"no indexed photo #{example}: use an id that `clipsearch search` prints, "
+                                   "or give the image file")
+            return found, f"#{int(example)} {row.path}"
+        if isinstance(example, (str, os.PathLike)):
+            path = os.path.abspath(os.path.expanduser(os.fspath(example)))
+            row = self.catalog.find_path(path)
+            if row is not None and row.status == "ok":
+                found = self.catalog.vectors_for([row.id], self.dim).get(row.id)
+                if found is not None:
+                    return found, f"#{row.id} {path}"
+            if not os.path.isfile(path):
+                raise ConceptError(f"example {example} is neither an indexed photo '#ID' nor an image file")
+            return self.searcher.image_vector(path), path
+        return self.searcher.image_vector(example), "(image)"
+
+    def _library_sample(self) -> np.ndarray:
+        from clipsearch.concepts import LIBRARY_SAMPLE
+
+        ids = self.catalog.ok_ids()
+        if len(ids) > LIBRARY_SAMPLE:
+            ids = np.sort(np.random.default_rng(0).choice(ids, LIBRARY_SAMPLE, replace=False))
+        return self.catalog.vectors_of(ids.tolist(), self.dim)[1]
+
+    def concepts(self) -> list[Concept]:
+        """The library's personal concepts, by name (`stale` ones were made with another model)."""
+        return list(self.searcher.concepts().values())
+
+    def concept(self, name: str) -> Concept:
+        """One concept by name; ConceptError if the library has none by that name."""
+        from clipsearch.concepts import check_name
+
+        key = check_name(name)
+        found = self.searcher.concepts().get(key)
+        if found is None:
+            known = ", ".join(self.searcher.concepts()) or "none yet"
+            raise ConceptError(f"no concept named {key!r} in library {self.folder} (concepts: {known})")
+        return found
+
+    def remove_concept(self, name: str) -> bool:
+        """Forget a concept; False if there was none by that name."""
+        from clipsearch.concepts import check_name
+
+        return self.catalog.remove_concept(check_name(name))
 
     # -- reading ------------------------------------------------------------------------
     def search(self, query: str, k: int = 20, *, min_score: float | None = None,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from clipsearch.catalog import Catalog
+from clipsearch.concepts import Concept, concept_from_row, resolve_text
 from clipsearch.errors import QueryError
 from clipsearch.images import is_supported, load_image
 from clipsearch.index import VectorIndex
@@ -44,11 +45,12 @@ class Hit:
 
 @dataclass(frozen=True)
 class TextHit:
-    """A text-collection result for image→text."""
+    """An image→text result: a text of the collection, or (kind "concept") a personal concept that fits."""
 
     text: str
     score: float
     id: int
+    kind: str = "text"
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class Searcher:
         self._text_cache: dict[str, np.ndarray] = {}
         self._texts: tuple[np.ndarray, list[str], np.ndarray] | None = None
         self._texts_version = -1
+        self._concepts: dict[str, Concept] = {}
+        self._concepts_version = -1
 
     @property
     def encoder(self) -> "Encoder":
@@ -144,13 +148,31 @@ class Searcher:
             image = load_image(image)
         return self.encoder.encode_images([image])[0]
 
+    def concepts(self) -> dict[str, Concept]:
+        """The library's personal concepts by name, re-read when any process changed them."""
+        version = self.catalog.concepts_version
+        if version != self._concepts_version:
+            signature = self.catalog.model_signature()
+            self._concepts = {row.name: concept_from_row(row, signature) for row in self.catalog.concepts(self.index.dim)}
+            self._concepts_version = version
+        return self._concepts
+
+    def text_term_vector(self, text: str) -> np.ndarray:
+        """The unit vector of a text term: personal concepts it names resolve first (`bella on a beach`)."""
+        concepts = self.concepts()
+        if concepts:
+            vec = resolve_text(text, concepts, self.text_vector)
+            if vec is not None:
+                return vec
+        return self.text_vector(text)
+
     def query_vector(self, query: str) -> np.ndarray:
-        """The unit vector of a query string, arithmetic included."""
+        """The unit vector of a query string, arithmetic and personal concepts included."""
         terms = parse_query(query)
         vectors = []
         for term in terms:
             if term.text is not None:
-                vectors.append(self.text_vector(term.text))
+                vectors.append(self.text_term_vector(term.text))
             elif term.image_id is not None:
                 vectors.append(self.image_vector(term.image_id))
             else:
@@ -188,14 +210,30 @@ class Searcher:
 
     # -- image → text -------------------------------------------------------------------
     def describe_vector(self, vector: np.ndarray, k: int = 5) -> list[TextHit]:
-        """Closest texts of the text collection to a unit vector (exact search)."""
+        """Closest texts of the text collection to a unit vector (exact search), then the concepts that fit it.
+
+        A personal concept fits when the vector scores at least the concept's threshold
+        (about what its example photos score); fitting concepts follow the texts, best first.
+        """
         version = self.catalog.texts_version  # changed by any add or remove, in any process
         if self._texts is None or version != self._texts_version:
             self._texts, self._texts_version = self.catalog.text_vectors(self.index.dim), version
         ids, texts, vecs = self._texts
-        if not len(texts):
+        fitting = self.fitting_concepts(vector)
+        if not len(texts) and not fitting and not self.concepts():
             raise QueryError("the text collection is empty: add captions or labels first "
                              "(`clipsearch texts add FILE` or Library.add_texts)")
         scores = vecs @ vector
         order = np.argsort(-scores, kind="stable")[:k]
-        return [TextHit(texts[i], float(scores[i]), int(ids[i])) for i in order]
+        return [TextHit(texts[i], float(scores[i]), int(ids[i])) for i in order] + fitting
+
+    def fitting_concepts(self, vector: np.ndarray) -> list[TextHit]:
+        """The personal concepts an image vector fits (score at least the concept's threshold), best first."""
+        hits = []
+        for concept in self.concepts().values():
+            if concept.stale:
+                continue
+            score = float(concept.vector @ vector)
+            if score >= concept.threshold:
+                hits.append(TextHit(concept.name, score, -1, kind="concept"))
+        return sorted(hits, key=lambda h: -h.score)

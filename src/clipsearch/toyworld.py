@@ -57,12 +57,24 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three")
 SPLITS: tuple[str, ...] = ("train", "test", "seen")
 
+# The extension world ("ext"): words the bundled model never saw in training. Every ext
+# scene shows at least one of them, so a model that does not know them fails there; the
+# base world never draws them, so the bundled model's data stays byte-identical.
+EXTRA_OBJECTS: tuple[str, ...] = ("star", "kite", "balloon")
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"pink": (250, 110, 185), "brown": (120, 72, 30)}
+EXTRA_SETTINGS: tuple[str, ...] = ("beach",)
+WORLDS: tuple[str, ...] = ("base", "ext")
+ALL_OBJECTS: tuple[str, ...] = OBJECTS + EXTRA_OBJECTS
+ALL_COLOURS: dict[str, tuple[int, int, int]] = COLOURS | EXTRA_COLOURS
+ALL_SETTINGS: tuple[str, ...] = SETTINGS + EXTRA_SETTINGS
+PLURALS |= {name: name + "s" for name in EXTRA_OBJECTS}
+
 SWAPPED_RELATION: dict[str, str] = {
     "left of": "right of", "right of": "left of", "above": "below", "below": "above",
 }
 SETTING_PHRASE: dict[str, str] = {
     "sea": "at sea", "field": "in a field", "road": "on a road",
-    "snow": "in the snow", "desert": "in a desert",
+    "snow": "in the snow", "desert": "in a desert", "beach": "on a beach",
 }
 TIME_PHRASE: dict[str, str] = {"day": "by day", "sunset": "at sunset", "night": "at night"}
 
@@ -85,6 +97,7 @@ HELD_OUT_OBJECT_TIME: frozenset[tuple[str, str]] = frozenset({
 })
 
 _SPLIT_ID = {name: i for i, name in enumerate(SPLITS)}
+_WORLD_ID = {name: i for i, name in enumerate(WORLDS)}
 # Seeds are [seed, split, stream, ...]: one stream plans the scenes, one draws each image,
 # one makes up where, when and with what each photo was taken (its EXIF).
 _PLAN_STREAM, _IMAGE_STREAM, _EXIF_STREAM = 0, 1, 2
@@ -112,9 +125,9 @@ class Scene:
             if value not in allowed:
                 raise ValueError(f"unknown {what} {value!r}; expected one of {list(allowed)}")
 
-        check(self.obj, OBJECTS, "object")
-        check(self.colour, tuple(COLOURS), "colour")
-        check(self.setting, SETTINGS, "setting")
+        check(self.obj, ALL_OBJECTS, "object")
+        check(self.colour, tuple(ALL_COLOURS), "colour")
+        check(self.setting, ALL_SETTINGS, "setting")
         check(self.time, TIMES, "time")
         check(self.count, (1, 2, 3), "count")
         if self.relation is None:
@@ -122,8 +135,8 @@ class Scene:
                 raise ValueError("obj2 and colour2 need a relation")
             return
         check(self.relation, RELATIONS, "relation")
-        check(self.obj2, OBJECTS, "object")
-        check(self.colour2, tuple(COLOURS), "colour")
+        check(self.obj2, ALL_OBJECTS, "object")
+        check(self.colour2, tuple(ALL_COLOURS), "colour")
         if self.count != 1:
             raise ValueError("a relation scene has one object of each kind (count=1)")
         if self.obj == self.obj2:
@@ -156,7 +169,15 @@ def is_held_out(scene: Scene) -> bool:
     )
 
 
-def _allowed(scene: Scene, split: str) -> bool:
+def has_new_word(scene: Scene) -> bool:
+    """True if the scene shows an object, colour or setting of the extension world."""
+    return (scene.setting in EXTRA_SETTINGS
+            or any(colour in EXTRA_COLOURS or obj in EXTRA_OBJECTS for colour, obj in scene.objects))
+
+
+def _allowed(scene: Scene, split: str, world: str = "base") -> bool:
+    if world == "ext" and not has_new_word(scene):
+        return False
     return is_held_out(scene) if split == "test" else not is_held_out(scene)
 
 
@@ -165,30 +186,43 @@ def _check_split(split: str) -> None:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
 
 
+def _check_world(world: str) -> None:
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; expected one of {list(WORLDS)}")
+
+
+def _vocabulary(world: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(objects, colours, settings) a world draws from."""
+    if world == "ext":
+        return ALL_OBJECTS, tuple(ALL_COLOURS), ALL_SETTINGS
+    return OBJECTS, tuple(COLOURS), SETTINGS
+
+
 def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _any_scene(rng: np.random.Generator, relation: bool) -> Scene:
-    setting = _choice(rng, SETTINGS)
+def _any_scene(rng: np.random.Generator, relation: bool, world: str = "base") -> Scene:
+    objects, colours, settings = _vocabulary(world)
+    setting = _choice(rng, settings)
     time = _choice(rng, TIMES)
-    colours = tuple(COLOURS)
     if not relation:
-        return Scene(obj=_choice(rng, OBJECTS), colour=_choice(rng, colours), setting=setting,
+        return Scene(obj=_choice(rng, objects), colour=_choice(rng, colours), setting=setting,
                      time=time, count=int(rng.integers(1, 4)))
-    a, b = rng.choice(len(OBJECTS), size=2, replace=False)
-    return Scene(obj=OBJECTS[a], colour=_choice(rng, colours), setting=setting, time=time,
-                 relation=_choice(rng, RELATIONS), obj2=OBJECTS[b], colour2=_choice(rng, colours))
+    a, b = rng.choice(len(objects), size=2, replace=False)
+    return Scene(obj=objects[a], colour=_choice(rng, colours), setting=setting, time=time,
+                 relation=_choice(rng, RELATIONS), obj2=objects[b], colour2=_choice(rng, colours))
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train") -> Scene:
-    """A random scene obeying the split's rule: half count scenes, half relation scenes."""
+def sample_scene(rng: np.random.Generator, split: str = "train", world: str = "base") -> Scene:
+    """A random scene obeying the split's rule (and, in the ext world, showing a new word): half count, half relation."""
     _check_split(split)
+    _check_world(world)
     # The kind is drawn first: relation scenes, having two objects, are held out more often.
     relation = bool(rng.random() < 0.5)
     while True:  # rejection keeps the distribution within the split uniform
-        scene = _any_scene(rng, relation)
-        if _allowed(scene, split):
+        scene = _any_scene(rng, relation, world)
+        if _allowed(scene, split, world):
             return scene
 
 
@@ -220,9 +254,9 @@ def canonical(scene: Scene) -> str:
 
 
 _SETTING_NOUN = {"sea": "the sea", "field": "a field", "road": "a road",
-                 "snow": "the snow", "desert": "a desert"}
+                 "snow": "the snow", "desert": "a desert", "beach": "a beach"}
 _SETTING_ON = {"sea": "at sea", "field": "in the field", "road": "on the road",
-               "snow": "in the snow", "desert": "in the desert"}
+               "snow": "in the snow", "desert": "in the desert", "beach": "on the beach"}
 _TIME_LEAD = {"day": "daytime", "sunset": "sunset", "night": "night time"}
 _TIME_TAIL = {"day": "during the day", "sunset": "at sunset", "night": "at night"}
 _RELATION_LONG = {"left of": "to the left of", "right of": "to the right of",
@@ -262,16 +296,16 @@ def _alternation(words: Sequence[str]) -> str:
 
 
 _PLURAL_TO_OBJ = {plural: obj for obj, plural in PLURALS.items()}
-_COLOUR_RE = _alternation(tuple(COLOURS))
+_COLOUR_RE = _alternation(tuple(ALL_COLOURS))
 _TAIL_RE = (rf" (?P<setting>{_alternation(tuple(SETTING_PHRASE.values()))})"
             rf" (?P<time>{_alternation(tuple(TIME_PHRASE.values()))})$")
 _COUNT_RE = re.compile(
     rf"^(?P<count>{_alternation(COUNT_WORDS)}) (?P<colour>{_COLOUR_RE}) "
-    rf"(?P<obj>{_alternation(tuple(OBJECTS) + tuple(_PLURAL_TO_OBJ))})" + _TAIL_RE)
+    rf"(?P<obj>{_alternation(tuple(ALL_OBJECTS) + tuple(_PLURAL_TO_OBJ))})" + _TAIL_RE)
 _RELATION_RE = re.compile(
-    rf"^(?:a|an) (?P<colour>{_COLOUR_RE}) (?P<obj>{_alternation(OBJECTS)}) "
+    rf"^(?:a|an) (?P<colour>{_COLOUR_RE}) (?P<obj>{_alternation(ALL_OBJECTS)}) "
     rf"(?P<relation>{_alternation(RELATIONS)}) "
-    rf"(?:a|an) (?P<colour2>{_COLOUR_RE}) (?P<obj2>{_alternation(OBJECTS)})" + _TAIL_RE)
+    rf"(?:a|an) (?P<colour2>{_COLOUR_RE}) (?P<obj2>{_alternation(ALL_OBJECTS)})" + _TAIL_RE)
 _SETTING_FROM_PHRASE = {v: k for k, v in SETTING_PHRASE.items()}
 _TIME_FROM_PHRASE = {v: k for k, v in TIME_PHRASE.items()}
 
@@ -324,36 +358,38 @@ def scene_diff(a: Scene, b: Scene) -> list[tuple[str, str, str]]:
 # Variant groups: a base scene plus scenes that each change exactly one attribute
 # ---------------------------------------------------------------------------------------
 
-def _one_change(scene: Scene, rng: np.random.Generator) -> Scene:
-    """`scene` with one random attribute changed to another valid value."""
+def _one_change(scene: Scene, rng: np.random.Generator, world: str = "base") -> Scene:
+    """`scene` with one random attribute changed to another value of the world's vocabulary."""
+    objects, colours, settings = _vocabulary(world)
     attributes = ["colour", "obj", "time", "setting"]
     attributes += ["relation", "colour2", "obj2"] if scene.is_relation else ["count"]
     attribute = _choice(rng, attributes)
     current = getattr(scene, attribute)
     options: Sequence[object] = {
-        "colour": tuple(COLOURS), "colour2": tuple(COLOURS), "time": TIMES,
-        "setting": SETTINGS, "relation": RELATIONS, "count": (1, 2, 3),
-        "obj": tuple(o for o in OBJECTS if o != scene.obj2),
-        "obj2": tuple(o for o in OBJECTS if o != scene.obj),
+        "colour": colours, "colour2": colours, "time": TIMES,
+        "setting": settings, "relation": RELATIONS, "count": (1, 2, 3),
+        "obj": tuple(o for o in objects if o != scene.obj2),
+        "obj2": tuple(o for o in objects if o != scene.obj),
     }[attribute]
     options = [o for o in options if o != current]
     return replace(scene, **{attribute: options[int(rng.integers(len(options)))]})
 
 
-def _variant_group(rng: np.random.Generator, split: str) -> list[Scene]:
-    base = sample_scene(rng, split)
+def _variant_group(rng: np.random.Generator, split: str, world: str = "base") -> list[Scene]:
+    base = sample_scene(rng, split, world)
     want = int(rng.integers(2, 4))
     group = [base]
     for _ in range(50):  # in the test split most single changes lose the held-out pair
-        variant = _one_change(base, rng)
-        if variant not in group and _allowed(variant, split):
+        variant = _one_change(base, rng, world)
+        if variant not in group and _allowed(variant, split, world):
             group.append(variant)
             if len(group) == want + 1:
                 break
     return group
 
 
-def plan_scenes(n: int, split: str = "train", seed: int = 0, variants: bool | None = None) -> list[Scene]:
+def plan_scenes(n: int, split: str = "train", seed: int = 0, variants: bool | None = None,
+                world: str = "base") -> list[Scene]:
     """The `n` scenes `generate` draws, in order; with variants about half are in variant groups.
 
     Consecutive indices hold a group (base first). A longer plan starts with the shorter one.
@@ -361,15 +397,16 @@ def plan_scenes(n: int, split: str = "train", seed: int = 0, variants: bool | No
     _check_split(split)
     if variants is None:
         variants = split != "train"
-    rng = np.random.default_rng([seed, _SPLIT_ID[split], _PLAN_STREAM])
+    _check_world(world)
+    rng = np.random.default_rng(_stream(seed, split, _PLAN_STREAM, world))
     # A group has 3.5 images on average; p = 1/4.5 puts half the images in groups.
     p_group = 1 / 4.5 if variants else 0.0
     scenes: list[Scene] = []
     while len(scenes) < n:
         if p_group and rng.random() < p_group:
-            scenes.extend(_variant_group(rng, split))
+            scenes.extend(_variant_group(rng, split, world))
         else:
-            scenes.append(sample_scene(rng, split))
+            scenes.append(sample_scene(rng, split, world))
     return scenes[:n]
 
 
@@ -486,6 +523,29 @@ def _draw_flower(d: Draw, p: PointFn, r: BoxFn, c: Colour) -> None:
     d.ellipse(r(.36, .2, .64, .4), fill=centre)
 
 
+def _draw_star(d: Draw, p: PointFn, r: BoxFn, c: Colour) -> None:
+    points = []
+    for k in range(10):
+        a = -math.pi / 2 + math.pi * k / 5
+        rad = .5 if k % 2 == 0 else .21
+        points.append(p(.5 + rad * math.cos(a), .53 + rad * math.sin(a)))
+    d.polygon(points, fill=c)
+
+
+def _draw_kite(d: Draw, p: PointFn, r: BoxFn, c: Colour) -> None:
+    d.line([p(.5, .68), p(.42, .8), p(.58, .88), p(.46, 1.0)], fill=_DARK, width=max(1, round(r(0, 0, .03, 0)[2])))
+    d.polygon([p(.5, 0), p(.95, .26), p(.5, .7), p(.05, .26)], fill=c)
+    d.line([p(.5, 0), p(.5, .7)], fill=_DARK if not _is_dark(c) else (200, 200, 200), width=1)
+    d.line([p(.05, .26), p(.95, .26)], fill=_DARK if not _is_dark(c) else (200, 200, 200), width=1)
+
+
+def _draw_balloon(d: Draw, p: PointFn, r: BoxFn, c: Colour) -> None:
+    d.line([p(.5, .66), p(.44, .82), p(.54, 1.0)], fill=_DARK, width=max(1, round(r(0, 0, .025, 0)[2])))
+    d.polygon([p(.44, .7), p(.56, .7), p(.5, .6)], fill=c)
+    d.ellipse(r(.08, 0, .92, .66), fill=c)
+    d.ellipse(r(.24, .1, .36, .26), fill=_shade(c, 1.35) if not _is_dark(c) else (90, 90, 90))
+
+
 # kind -> (draw function, height/width of its box, may be mirrored)
 _SHAPES: dict[str, tuple[Callable[[Draw, PointFn, BoxFn, Colour], None], float, bool]] = {
     "car": (_draw_car, .55, True),
@@ -498,6 +558,9 @@ _SHAPES: dict[str, tuple[Callable[[Draw, PointFn, BoxFn, Colour], None], float, 
     "bird": (_draw_bird, .75, True),
     "fish": (_draw_fish, .6, True),
     "flower": (_draw_flower, 1.4, False),
+    "star": (_draw_star, 1.0, False),
+    "kite": (_draw_kite, 1.35, True),
+    "balloon": (_draw_balloon, 1.45, False),
 }
 _SUPERSAMPLE = 2
 
@@ -547,7 +610,7 @@ _OBJECT_LIGHT: dict[str, tuple[float, float, float]] = {
 }
 _GROUND: dict[str, Colour] = {
     "sea": (30, 95, 170), "field": (75, 150, 45), "road": (92, 92, 98),
-    "snow": (236, 240, 248), "desert": (225, 190, 120),
+    "snow": (236, 240, 248), "desert": (225, 190, 120), "beach": (238, 214, 160),
 }
 
 
@@ -600,6 +663,18 @@ def _background(scene: Scene, rng: np.random.Generator, size: int) -> Image.Imag
             x, y = uni(-40, size), uni(horizon + 6, size)
             w = uni(40, 110) * s
             d.ellipse([x, y, x + w, y + w * .18], fill=(200, 212, 232))
+    elif scene.setting == "beach":  # a strip of sea at the horizon, pale sand with a foam line below
+        shore = horizon + gh * uni(.22, .34)
+        d.rectangle([0, horizon, size, shore], fill=(40, 120, 190))
+        xs = np.linspace(0, size, 24)
+        amp, freq, phase = uni(2, 5) * s, uni(2, 4) * 2 * math.pi / size, uni(0, 6.3)
+        foam = [(float(x), float(shore + amp * math.sin(freq * x + phase))) for x in xs]
+        d.polygon(foam + [(size, horizon), (0, horizon)], fill=(40, 120, 190))
+        d.line(foam, fill=(250, 250, 250), width=max(1, round(3 * s)))
+        for _ in range(int(rng.integers(6, 12))):  # shells and pebbles
+            x, y = uni(0, size), uni(shore + 8 * s, size)
+            w = uni(3, 7) * s
+            d.ellipse([x, y, x + w, y + w * .7], fill=(205, 170, 130))
     else:  # desert: two or three dune ridges, darker further down
         xs = np.linspace(0, size, 24)
         for k in range(int(rng.integers(2, 4))):
@@ -625,7 +700,7 @@ def _background(scene: Scene, rng: np.random.Generator, size: int) -> Image.Imag
 
 
 def _sprite_colour(colour: str, time: str, rng: np.random.Generator) -> Colour:
-    base = COLOURS[colour]
+    base = ALL_COLOURS[colour]
     if colour == "white":
         f = rng.uniform(.9, 1.0)
         rgb = tuple(int(c * f) for c in base)
@@ -773,9 +848,15 @@ JPEG_QUALITY = 90
 CSV_COLUMNS = ("filepath", "title", "canonical")
 
 
-def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+def _stream(seed: int, split: str, stream: int, world: str, *more: int) -> list[int]:
+    # The base world's seeds are what they always were; other worlds get their own streams.
+    key = [seed, _SPLIT_ID[split], stream, *more]
+    return key if world == "base" else key + [1000 + _WORLD_ID[world]]
+
+
+def image_rng(seed: int, split: str, index: int, world: str = "base") -> np.random.Generator:
     """The random stream for image `index` of a split: independent of workers and of `n`."""
-    return np.random.default_rng([seed, _SPLIT_ID[split], _IMAGE_STREAM, index])
+    return np.random.default_rng(_stream(seed, split, _IMAGE_STREAM, world, index))
 
 
 def _image_path(index: int, width: int) -> str:
@@ -908,16 +989,16 @@ def exif_bytes(meta: ToyPhotoMeta) -> Image.Exif:
     return exif
 
 
-def _render_chunk(job: tuple[Path, str, int, int, int, list[tuple[int, Scene]]]) -> list[tuple[int, str]]:
+def _render_chunk(job: tuple[Path, str, int, int, int, list[tuple[int, Scene]], str, int]) -> list[tuple[int, str]]:
     """Draw and save some images with their EXIF; return (index, caption) for each. Runs in a worker process."""
-    out_dir, split, seed, size, width, items = job
+    out_dir, split, seed, size, width, items, world, quality = job
     rows = []
     for index, scene in items:
-        rng = image_rng(seed, split, index)
+        rng = image_rng(seed, split, index, world)
         meta = photo_metadata(seed, split, index, scene)
         extra = {"exif": exif_bytes(meta)} if meta is not None else {}
         path = out_dir / _image_path(index, width)
-        render(scene, rng, size).save(path, format="JPEG", quality=JPEG_QUALITY, **extra)
+        render(scene, rng, size).save(path, format="JPEG", quality=quality, **extra)
         rows.append((index, caption(scene, rng)))
     return rows
 
@@ -931,25 +1012,31 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 
 
 def generate(out_dir: str | os.PathLike[str], n: int, split: str = "train", seed: int = 0, size: int = 256,
-             workers: int | None = None, variants: bool | None = None, progress: bool = True) -> Path:
+             workers: int | None = None, variants: bool | None = None, progress: bool = True,
+             world: str = "base", quality: int = JPEG_QUALITY) -> Path:
     """Write `n` images under `out_dir/images/` and `out_dir/captions.csv`; return the csv path.
 
-    The same (`seed`, `split`, `n`, `size`, `variants`) always gives the same bytes, whatever
-    `workers` is. `variants` defaults to on for the test and seen splits.
+    The same (`seed`, `split`, `n`, `size`, `variants`, `world`, `quality`) always gives the
+    same bytes, whatever `workers` is. `variants` defaults to on for the test and seen
+    splits. `world` "ext" draws scenes that each show at least one word of the extension
+    vocabulary (`EXTRA_OBJECTS`, `EXTRA_COLOURS`, `EXTRA_SETTINGS`); `quality` is the JPEG quality.
     """
     _check_split(split)
+    _check_world(world)
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be 1 to 100, got {quality}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    scenes = plan_scenes(n, split, seed, variants)
+    scenes = plan_scenes(n, split, seed, variants, world)
     width = max(6, len(str(n - 1)))
     workers = max(1, min(workers or os.cpu_count() or 1, n))
     chunk = max(1, min(200, n // (workers * 8) or 1))
     items = list(enumerate(scenes))
-    jobs = [(out, split, seed, size, width, items[i:i + chunk]) for i in range(0, n, chunk)]
+    jobs = [(out, split, seed, size, width, items[i:i + chunk], world, quality) for i in range(0, n, chunk)]
     titles: list[str] = [""] * n
-    log.info("drawing %d %s images into %s with %d workers", n, split, out, workers)
+    log.info("drawing %d %s images of the %s world into %s with %d workers", n, split, world, out, workers)
     with ExitStack() as stack:
         bar = stack.enter_context(tqdm(total=n, desc=f"toyworld {split}", unit="img", disable=not progress))
         if workers == 1:

@@ -19,6 +19,7 @@ from clipsearch.errors import ClipSearchError
 COMMAND_MODULES = (
     "clipsearch.cli.core",
     "clipsearch.cli.duplicates",
+    "clipsearch.cli.concepts",
     "clipsearch.cli.toyworld",
     "clipsearch.cli.model",
     "clipsearch.cli.demo",

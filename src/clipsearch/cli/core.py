@@ -55,6 +55,8 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
         print("no results", file=sys.stderr)
     for h in hits:
         label = getattr(h, "path", None) or getattr(h, "text", "")
+        if getattr(h, "kind", "text") == "concept":
+            label += "  (concept)"
         print(f"{h.score:.4f}  {label}")
 
 

@@ -19,6 +19,13 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
+def _jpeg_quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be 1 to 100, got {value}")
+    return value
+
+
 def register(subparsers: Any) -> None:
     """Add `toyworld generate` to the `clipsearch` command."""
     parser = subparsers.add_parser(
@@ -41,6 +48,11 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--seed", type=_at_least(0), default=0, help="random seed (default: 0)")
     gen.add_argument("--size", type=_at_least(32), default=256, help="image side in pixels (default: 256)")
     gen.add_argument("--workers", type=_at_least(1), default=None, help="processes (default: all CPUs)")
+    gen.add_argument("--world", choices=toyworld.WORLDS, default="base",
+                     help="base: the bundled model's world (default); ext: every scene shows a word the bundled "
+                          "model never saw (objects star/kite/balloon, colours pink/brown, setting beach)")
+    gen.add_argument("--quality", type=_jpeg_quality, default=toyworld.JPEG_QUALITY,
+                     help=f"JPEG quality 1-100 (default: {toyworld.JPEG_QUALITY})")
     variants = gen.add_mutually_exclusive_group()
     variants.add_argument("--variants", dest="variants", action="store_true", default=None,
                           help="include variant groups (default for test and seen)")
@@ -65,8 +77,10 @@ def _generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     csv_path = toyworld.generate(
         args.out, args.n, split=args.split, seed=args.seed, size=args.size, workers=args.workers,
-        variants=args.variants, progress=logging.getLogger().getEffectiveLevel() <= logging.WARNING)
+        variants=args.variants, progress=logging.getLogger().getEffectiveLevel() <= logging.WARNING,
+        world=args.world, quality=args.quality)
     seconds = time.perf_counter() - start
-    print(f"wrote {args.n} {args.split} images and {csv_path} "
+    world = "" if args.world == "base" else f" {args.world}-world"
+    print(f"wrote {args.n}{world} {args.split} images and {csv_path} "
           f"in {seconds:.1f} s ({args.n / seconds:.0f} images/s)")
     return 0
