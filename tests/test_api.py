@@ -359,3 +359,14 @@ def test_stable_top_keeps_an_order_that_is_not_by_score():
     assert [h.id for h in stable_top(lambda k: by_date[:k], 2)] == [5, 2]
     unscored = [H(None, 3), H(None, 1)]
     assert [h.id for h in stable_top(lambda k: unscored[:k], 5)] == [3, 1]
+
+
+def test_serve_refuses_a_token_file_others_can_read_before_starting(library, tmp_path, capsys):
+    from clipsearch.cli import main
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    token.chmod(0o644)
+    assert main(["serve", "--library", str(library.folder), "--api-token-file", str(token), "--no-browser"]) != 0
+    err = capsys.readouterr().err
+    assert "chmod 600" in err and str(token) in err
