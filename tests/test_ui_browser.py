@@ -239,8 +239,13 @@ def test_uploads_reach_our_loader_which_says_why_a_file_is_refused(page, width, 
     blue = tmp_path / "query-blue.png"
     Image.new("RGB", (60, 40), (28, 58, 218)).save(blue)
     page.locator("#upload input[type=file]").set_input_files(str(blue))
-    expect(page.locator("#status")).to_contain_text("your image")
+    expect(page.locator("#status")).to_contain_text("your image query-blue.png")
     expect(tiles(page).first).to_contain_text("blue.jpg")
+    # Text added afterwards searches with the same uploaded image (the file input is already empty).
+    plus = page.get_by_label("Plus text (optional)")
+    plus.fill("red")
+    plus.press("Enter")
+    expect(page.locator("#status")).to_contain_text("your image query-blue.png + “red”")
     # Describe takes the same path.
     page.get_by_role("tab", name="Describe").click()
     page.locator("#describe-upload input[type=file]").set_input_files(str(notes))
