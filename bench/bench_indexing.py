@@ -3,6 +3,7 @@
     python bench/bench_indexing.py                      # 300 photos, 3 rounds
     python bench/bench_indexing.py --tune               # + torch threads x decode workers, threads vs processes
     python bench/bench_indexing.py --onnx               # + the ONNX Runtime image encoder (if installed)
+    python bench/bench_indexing.py --int8 --only "ceiling onnxruntime,ceiling onnx-int8,clipsearch onnxruntime,clipsearch onnx-int8"
 
 The photos are generated once (4000x3000, JPEG quality 90, with texture and sensor-like
 noise so they weigh ~4 MB as camera files do, not a few hundred KB) and cached in --photos.
@@ -19,6 +20,12 @@ the pretrained one). Variants:
   catalog, index, save), with its defaults and the image tower on torch.
 * clipsearch auto: the same with the default image backend ("auto"): what `clipsearch
   index` does, onnxruntime for a big job when installed (its export or load is timed).
+
+* with --onnx: "ceiling onnxruntime" (the fp32 ONNX image tower alone) and "clipsearch
+  onnxruntime" (`Library.index` with it).
+* with --int8: the same for the int8 image tower ("ceiling onnx-int8", "clipsearch
+  onnx-int8", dynamically quantised, what `--image-backend onnx-int8` runs), and the
+  cosine between int8 and fp32 vectors of the same photos (min and mean).
 
 It also times decoding alone (one core, no model) to explain the numbers.
 """
@@ -211,6 +218,7 @@ def main() -> None:
     ap.add_argument("--decode-sample", type=int, default=20, help="photos for the decode-only rates")
     ap.add_argument("--tune", action="store_true", help="also torch threads x decode workers, threads vs processes")
     ap.add_argument("--onnx", action="store_true", help="also the ONNX Runtime image backend")
+    ap.add_argument("--int8", action="store_true", help="also the int8 ONNX image backend (implies --onnx)")
     ap.add_argument("--only", default=None, help="comma-separated variant names to run (default: all enabled)")
     ap.add_argument("--no-decode-rates", action="store_true", help="skip the decode-only rates")
     ap.add_argument("--json", help="write the figures here")
@@ -260,13 +268,26 @@ def main() -> None:
                     lambda t=threads, w=workers: clipsearch_index(
                         encoder, photos, decode_workers=w, encode_threads=t, processes=True))
         variants["clipsearch in threads (no processes)"] = lambda: clipsearch_index(encoder, photos, processes=False)
-    if args.onnx:
+    if args.onnx or args.int8:
         # The ceiling on every core, as torch's; the indexer's encoder with its default threads.
         onnx_all_cores = _onnx_encoder(args.model, threads=os.cpu_count() or 1)
         onnx_encoder = _onnx_encoder(args.model)
         variants["ceiling onnxruntime"] = lambda: (ceiling(
             lambda b: onnx_all_cores.encode_image_tensors(b), len(paths), args.batch_size, size), {})
         variants["clipsearch onnxruntime"] = lambda: clipsearch_index(onnx_encoder, photos)
+    if args.int8:
+        int8_all_cores = _onnx_encoder(args.model, threads=os.cpu_count() or 1, int8=True)
+        int8_encoder = _onnx_encoder(args.model, int8=True)
+        variants["ceiling onnx-int8"] = lambda: (ceiling(
+            lambda b: int8_all_cores.encode_image_tensors(b), len(paths), args.batch_size, size), {})
+        variants["clipsearch onnx-int8"] = lambda: clipsearch_index(int8_encoder, photos)
+        sample = paths[:min(len(paths), 32)]
+        from PIL import Image
+
+        images = [Image.open(p).convert("RGB") for p in sample]
+        cos = (onnx_encoder.encode_images(images) * int8_encoder.encode_images(images)).sum(axis=1)
+        print(f"int8 vs fp32 vectors of {len(sample)} photos: cosine min {cos.min():.5f}, mean {cos.mean():.5f}; "
+              f"on the probe batch at load: {int8_encoder.int8_cosine:.5f}\n", flush=True)
 
     if args.only:
         wanted = [name.strip() for name in args.only.split(",")]
@@ -322,6 +343,9 @@ def main() -> None:
                          ("ceiling onnxruntime", "ceiling", ""), ("clipsearch onnxruntime", "baseline", ""),
                          ("clipsearch onnxruntime", "ceiling", ""),
                          ("clipsearch onnxruntime", "ceiling onnxruntime", ""),
+                         ("ceiling onnx-int8", "ceiling onnxruntime", "target >= 1.5x"),
+                         ("clipsearch onnx-int8", "clipsearch onnxruntime", "target >= 1.5x"),
+                         ("clipsearch onnx-int8", "ceiling onnx-int8", ""),
                          ("clipsearch in threads (no processes)", "clipsearch", "")]:
         r = ratio(a, b)
         if r is not None:
@@ -349,11 +373,11 @@ def _with_threads(threads: int, fn: Callable[[], Any]) -> Any:
         torch.set_num_threads(before)
 
 
-def _onnx_encoder(model: str, threads: int | None = None) -> Any:
+def _onnx_encoder(model: str, threads: int | None = None, int8: bool = False) -> Any:
     from clipsearch.encoder import load_encoder
 
-    encoder = load_encoder(model, None)
-    encoder.use_onnxruntime(os.path.join(tempfile.gettempdir(), "clipsearch-bench-onnx"), threads=threads)
+    encoder = load_encoder(model, None, image_backend="torch")
+    encoder.use_onnxruntime(os.path.join(tempfile.gettempdir(), "clipsearch-bench-onnx"), threads=threads, int8=int8)
     return encoder
 
 

@@ -71,6 +71,8 @@ class LibraryInfo:
     index_max_memory: int | None = None
     index_recall: float | None = None                             # recall@10 vs exact search; 1.0 for flat
     index_recall_note: str = ""                                   # how index_recall was measured
+    image_precision: str = "fp32"                                 # what encoded the vectors: fp32, int8 or mixed
+    image_precision_note: str = ""                                # how close int8 and fp32 measured, when used
 
 
 def _pretrained_key(value: str | None) -> str:
@@ -276,10 +278,17 @@ class Library:
         """
         with self.write_lock(wait):
             self.indexes.set_choice(index_kind, max_memory)
-            indexer = Indexer(self.catalog, self.vector_index, self.encoder, save_index=self.save_index,
+            encoder = self.encoder
+            held = self.catalog.get_meta("image_precision") or ("fp32" if self.catalog.count("ok") else None)
+            if isinstance(getattr(type(encoder), "library_precision", None), property):
+                encoder.library_precision = "fp32" if held == "mixed" else held  # type: ignore[attr-defined]
+            indexer = Indexer(self.catalog, self.vector_index, encoder, save_index=self.save_index,
                               batch_size=batch_size, readers=self.readers)
-            report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress, allow_empty=allow_empty,
-                                  retry_failed=retry_failed, defer=defer, stop=stop)
+            try:
+                report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress,
+                                      allow_empty=allow_empty, retry_failed=retry_failed, defer=defer, stop=stop)
+            finally:
+                self._record_precision(held)
             roots = set(self.roots())
             roots.add(report.root)
             self.catalog.set_meta("roots", sorted(roots))
@@ -290,6 +299,35 @@ class Library:
                 # The photos are indexed; only the index choice failed (a budget the grown library no longer fits).
                 log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
         return report
+
+    def _record_precision(self, held: str | None) -> None:
+        """Remember what encoded the library's vectors; a mix of int8 and fp32 is logged and shown by `info`.
+
+        Only the int8 tower that measured within INT8_MIN_COSINE of fp32 ever encodes, so a
+        mix stays within that tolerance; `auto` never mixes (it keeps to `held`).
+        """
+        from clipsearch.encoder import INT8_MIN_COSINE, LazyEncoder, precision_of
+
+        encoder = self.encoder
+        if isinstance(encoder, LazyEncoder) and not encoder.loaded:
+            return  # nothing was encoded
+        if not self.catalog.count("ok"):
+            return
+        used = precision_of(getattr(encoder, "image_backend", "torch"))
+        cosine = getattr(encoder, "int8_cosine", None)
+        if cosine is not None:
+            self.catalog.set_meta("int8_cosine", f"{cosine:.6f}")
+        if held is None or held == used:
+            if held is None:
+                self.catalog.set_meta("image_precision", used)
+            return
+        if held == "mixed":
+            return
+        measured = self.catalog.get_meta("int8_cosine")
+        bound = f"{float(measured):.4f}" if measured else f"{INT8_MIN_COSINE}"
+        log.warning("library %s now holds %s and %s image vectors (int8 measured within cosine %s of fp32); "
+                    "re-index with one --image-backend to make them uniform", self.folder, held, used, bound)
+        self.catalog.set_meta("image_precision", "mixed")
 
     def rebuild_index(self, index_kind: str | None = None, max_memory: int | str | None = None,
                       wait: float = 0.0) -> int:
@@ -540,6 +578,11 @@ class Library:
         raw = self.catalog.get_meta("last_report")
         return IndexReport.from_dict(json.loads(raw)) if raw else None
 
+    def _precision_info(self) -> dict[str, str]:
+        precision = self.catalog.get_meta("image_precision") or "fp32"
+        return {"image_precision": precision,
+                "image_precision_note": _precision_note(precision, self.catalog.get_meta("int8_cosine"))}
+
     def info(self) -> LibraryInfo:
         raw = self.catalog.get_meta("last_report")
         meta = self.vector_index.meta
@@ -562,7 +605,7 @@ class Library:
             last_report=json.loads(raw) if raw else None,
             index_factory=meta.factory, index_params={**meta.spec, **params},
             index_bytes=self.vector_index.predicted_bytes(), index_setting=kind, index_max_memory=budget,
-            index_recall=recall, index_recall_note=note,
+            index_recall=recall, index_recall_note=note, **self._precision_info(),
         )
 
 
@@ -588,6 +631,15 @@ def _load_encoder(model: str, pretrained: str | None, device: str | None, *,
     from clipsearch.encoder import load_encoder
 
     return load_encoder(model, pretrained, device=device, image_backend=image_backend)
+
+
+def _precision_note(precision: str, cosine: str | None) -> str:
+    if precision == "fp32":
+        return "torch or onnxruntime fp32"
+    measured = f"cosine to fp32 >= {float(cosine):.4f} on probe images" if cosine else "cosine to fp32 not measured"
+    if precision == "int8":
+        return f"onnx-int8 image tower, {measured}"
+    return f"fp32 and int8 vectors mixed: {measured}; re-index with one --image-backend to make them uniform"
 
 
 def _lazy_encoder(model: str, pretrained: str | None, device: str | None, image_backend: str | None,

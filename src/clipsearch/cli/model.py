@@ -79,7 +79,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             pretrained = default_pretrained(model)
         elif pretrained.lower() in ("none", "random"):
             pretrained = None
-        encoder = load_encoder(model, pretrained, device=args.device)
+        encoder = load_encoder(model, pretrained, device=args.device, image_backend=args.image_backend)
         result = evaluate(encoder, args.csv, relevance=args.relevance, batch_size=args.batch_size,
                           analogy=not args.no_analogy, analogy_template=args.analogy_template,
                           max_analogy_queries=args.max_analogy_queries, progress=not args.quiet)
@@ -140,6 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs=2, metavar=("MODEL2", "PRETRAINED2"), default=None,
                    help="also evaluate a second model and print both side by side")
     p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--image-backend", default="torch", choices=["torch", "onnxruntime", "onnx-int8"],
+                   help="what encodes the images (default torch): compare onnx-int8 with torch to see what "
+                        "int8 costs in recall")
     p.add_argument("--relevance", choices=RELEVANCE_MODES, default="auto",
                    help="canonical: same scene; exact: image–caption pairs; auto (default): canonical if present")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="encoding batch size (default 256)")
