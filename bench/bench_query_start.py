@@ -129,14 +129,16 @@ def main() -> None:
                 variants["ui torch"] = variants["ui fast"]
                 envs.update({"ui fast": env, "ui torch": {**env, "CLIPSEARCH_FAST_PATH": "0"}})
             print(f"\n{name} ({pretrained} weights), {args.photos} photos; first query (exports the text tower): "
-                  f"{first:.1f} s; load average before: {os.getloadavg()[0]:.1f}")
+                  f"{first:.1f} s; load average before: {os.getloadavg()[0]:.1f}", flush=True)
             walls: dict[str, list[float]] = {k: [] for k in variants}
             rss: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.runs):
+            for r in range(args.runs):
                 for key, argv in variants.items():
                     wall, peak = run_once(argv, envs[key])
                     walls[key].append(wall)
                     rss[key].append(peak)
+                print(f"  round {r + 1}: " + ", ".join(f"{k} {walls[k][-1]:.2f} s {rss[k][-1]:.0f} MB" for k in variants)
+                      + f"; load {os.getloadavg()[0]:.1f}", flush=True)
             for key in variants:
                 print(f"  {key:13s} wall {summary(walls[key], 's')}   peak RSS {summary(rss[key], 'MB')}")
             med = {k: statistics.median(v) for k, v in walls.items()}
