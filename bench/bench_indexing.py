@@ -225,9 +225,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    # clipsearch before torch, as the CLI imports them: clipsearch.index sets OpenMP's wait
-    # policy, which OpenMP reads once, when torch loads it. Every variant runs under it.
-    import clipsearch.library  # noqa: F401
+    # Before torch, as the CLI does: OpenMP's wait policy, which OpenMP reads once, when
+    # torch loads it. Every variant runs under it.
+    from clipsearch.runtime import configure_process
+
+    configure_process()
     import torch
 
     from clipsearch.encoder import load_encoder

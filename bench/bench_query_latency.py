@@ -31,9 +31,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from common import ClipLikeMixture, machine  # noqa: E402
 
-# Imported before torch, as the CLI and the web UI do: clipsearch.index sets the OpenMP
-# wait policy both runtimes read when they load (see docs/performance.md, "Query latency").
-import clipsearch.library  # noqa: E402,F401
+# Before torch, as the CLI and the web UI do: the OpenMP wait policy both runtimes read
+# when they load (see docs/performance.md, "Query latency").
+from clipsearch.runtime import configure_process  # noqa: E402
+
+configure_process()
 
 ADJECTIVES = ["red", "old", "small", "happy", "wet", "bright", "dark", "wooden", "broken", "shiny", "snowy", "busy"]
 NOUNS = ["dog", "car", "house", "beach", "mountain", "child", "bicycle", "cake", "boat", "tree", "street", "cat",

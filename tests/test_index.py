@@ -192,3 +192,23 @@ def test_exact_search_oracle_is_itself_right() -> None:
     assert got.tolist() == [[20, 30, 10]]
     np.testing.assert_allclose(scores, [[0.9, 0.3, 0.1]], atol=1e-6)
     assert exact_search(vecs, ids, q, 10)[1].shape == (1, 4)
+
+
+def test_streamed_exact_top_k_merged_in_a_faiss_heap_matches_the_oracle() -> None:
+    from clipsearch.index import ExactTopK
+
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((1000, 16)).astype(np.float32)
+    ids = rng.permutation(10_000)[:1000].astype(np.int64)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    exact = ExactTopK(queries, 10)
+    for start in (0, 300, 301, 650):  # uneven blocks, one of a single vector
+        end = {0: 300, 300: 301, 301: 650, 650: 1000}[start]
+        exact.add(ids[start:end], vectors[start:end], chunk=128)
+    scores, found = exact.result()
+    want_scores, want_ids = exact_search(vectors, ids, queries, 10)
+    np.testing.assert_array_equal(found, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    few = ExactTopK(queries, 10)
+    few.add(ids[:3], vectors[:3])
+    assert (few.result()[1][:, 3:] == -1).all() and set(few.result()[1][0, :3]) == set(ids[:3])

@@ -363,18 +363,25 @@ def test_cli_rebuild_and_info_show_the_index_and_its_recall(tmp_path: Path, caps
     assert info["index_kind"] == "ivfsq8" and 0 < info["index_recall"] <= 1
 
 
-def test_clipsearch_asks_openmp_to_sleep_not_spin_unless_told_otherwise() -> None:
+def test_the_cli_asks_openmp_to_sleep_not_spin_unless_told_otherwise_and_imports_write_no_environment() -> None:
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = "import clipsearch.library, os, sys; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    # Importing the library changes nothing in the environment.
+    code = "import os, clipsearch.library, clipsearch.index, clipsearch.cli; print(os.environ.get('OMP_WAIT_POLICY'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["PASSIVE", "False"]  # set before torch or faiss load their OpenMP runtime
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                         capture_output=True, text=True, check=True).stdout
-    assert out.split()[0] == "ACTIVE"
+    assert out.split() == ["None"]
+    # The command sets it where the process starts, before torch or faiss load their OpenMP runtime.
+    code = ("import os, sys, clipsearch.cli as c, clipsearch.runtime as r; seen = []; "
+            "real = r.configure_process; r.configure_process = lambda: seen.append('torch' in sys.modules) or real(); "
+            "c.main(['info', '--library', sys.argv[1]]); print(os.environ['OMP_WAIT_POLICY'], seen)")
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code, "/nonexistent/library"], env=run_env, capture_output=True,
+                             text=True, check=True).stdout
+        assert out.split() == [expected, "[False]"]
 
 
 def _memory_source(ids: np.ndarray, vectors: np.ndarray, missing: frozenset[int] = frozenset()):

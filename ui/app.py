@@ -9,7 +9,6 @@ other's work.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -83,8 +82,7 @@ def header_text(handlers: Handlers) -> str:
 
 def build_app(library: "Library", *, handlers: Handlers | None = None) -> gr.Blocks:
     """The web UI over one open library. Launch it with `clipsearch_ui.serve` (safe defaults)."""
-    # Nothing phones home: Gradio's analytics and version check read this (and Blocks' argument).
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    # Nothing phones home: Blocks' argument here; the environment Gradio's version check reads is serve's.
     h = handlers or Handlers(library)
 
     with gr.Blocks(title="clipsearch", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:

@@ -128,7 +128,10 @@ def serve(library: "Library", host: str = DEFAULT_HOST, port: int | None = None,
     when the server stops (Ctrl-C). `on_ready(url)` is called once the server listens; without
     it Gradio prints its own banner.
     """
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from clipsearch.runtime import configure_process
+
+    configure_process()  # a process that serves: OpenMP threads that sleep (see clipsearch.runtime)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # Gradio's analytics and version check read it
     _use_private_temp_dir(library)
     from clipsearch_ui.app import build_app, launch_kwargs
 

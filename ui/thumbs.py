@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from PIL import Image, ImageDraw
 
+from clipsearch.atomic import atomic_writer
 from clipsearch.errors import ImageLoadError
 from clipsearch.images import load_image
 
@@ -161,14 +160,8 @@ class Thumbnails:
         # Written to a temp file and renamed, so a reader never sees half a JPEG.
         with self._lock:
             dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".jpg")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    image.save(fh, "JPEG", quality=85)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_writer(dest, "wb", durable=False) as fh:  # a cache: no fsync
+                image.save(fh, "JPEG", quality=85)
             self._made += 1
             trim = self._made % _TRIM_EVERY == 0
         if trim:

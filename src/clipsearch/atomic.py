@@ -2,7 +2,9 @@
 
 The one way clipsearch replaces a file: a uniquely named temp file in the same folder,
 written and fsynced, `os.replace`d over the target, then the folder fsynced so the
-rename itself survives a power cut.
+rename itself survives a power cut. Used by the index and its sidecar, the Ray shards,
+training checkpoints and metrics, the ONNX exports, the toy world's CSVs and the
+thumbnail cache (without the fsyncs: a cache).
 """
 from __future__ import annotations
 
@@ -31,27 +33,55 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, fsync_folder: bool = True) -> Iterator[IO[Any]]:
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, durable: bool = True,
+                  newline: str | None = None) -> Iterator[IO[Any]]:
     """A file to write `path` through: it replaces `path` when the block ends, and not at all if the block raises.
 
     The temp file (".NAME.<random>.tmp" in the same folder, so the rename stays on one
     file system) is fsynced before the rename and the folder after it. `mode` is "wb"
-    or "w" (UTF-8 text).
+    or "w" (UTF-8 text; `newline` as for `open`, "" for csv). `durable=False` skips the
+    fsyncs, for caches: readers still never see half a file, but a power cut may lose it.
     """
     path = Path(path)
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_writer mode must be 'wb' or 'w', not {mode!r}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+        text = {"encoding": "utf-8", "newline": newline} if mode == "w" else {}
+        with os.fdopen(fd, mode, **text) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    if fsync_folder:
+    if durable:
+        _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Path]:
+    """`atomic_writer` for writers that want a file name (torch.save, an ONNX export): write the yielded path.
+
+    The temp file exists (empty) when the block starts and ends with `path`'s own suffix
+    (".tmp.npy": np.save and exporters that judge a file by its suffix write to it as
+    named); it replaces `path` when the block ends, and is removed if it raises.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable:
         _fsync_dir(path.parent)
 
 
@@ -91,4 +121,4 @@ def remove_stale_temp_files(path: str | Path) -> int:
     return removed
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_writer", "remove_stale_temp_files"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_writer", "remove_stale_temp_files"]

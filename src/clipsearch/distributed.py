@@ -584,21 +584,14 @@ def _add_part(trained: np.ndarray, ids: np.ndarray, vectors: np.ndarray, queries
     """Ray task: a block of vectors added to a copy of the trained index, and the block's exact top-k for `queries`."""
     import faiss
 
+    from clipsearch.index.exact import block_top_k
+
     faiss.omp_set_num_threads(max(1, threads))
     index = faiss.deserialize_index(trained)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
-    scores, found = _top_k(queries @ vectors.T, np.asarray(ids, np.int64), k)
+    scores, found = block_top_k(queries, vectors, ids, k)
     return faiss.serialize_index(index), scores, found
-
-
-def _top_k(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best columns of each row of `scores` (any order), as (scores, ids)."""
-    ids = np.broadcast_to(ids, scores.shape)
-    if scores.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        return np.take_along_axis(scores, part, 1), np.take_along_axis(ids, part, 1)
-    return scores, np.array(ids)
 
 
 def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, options: RayOptions | None = None,
@@ -635,22 +628,20 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
     build_dir = Path(tempfile.mkdtemp(prefix=".index-build-", dir=lib.folder))
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     ivfdata = lib.folder / f"{IVFDATA_PREFIX}{stamp}{IVFDATA_SUFFIX}"
+    import faiss
+
     try:
         part_files: list[str] = []
-        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-        best_ids = np.zeros((len(queries), 0), np.int64)
+        exact = faiss.ResultHeap(len(queries), RECALL_K, keep_max=True)  # each part's exact top-k, merged
         pending: list[tuple[Any, Any, Any]] = []
         in_flight = max(2, 2 * total_cpus // cpus)  # bounds the vectors waiting in the object store
 
         def collect(refs: tuple[Any, Any, Any]) -> None:
-            nonlocal best_scores, best_ids
             part, scores, ids = ray.get(list(refs))
             path = build_dir / f"part-{len(part_files):06d}.index"
             part.tofile(path)
             part_files.append(str(path))
-            best_scores, best_ids = _top_k(np.concatenate([best_scores, scores], 1),
-                                           np.concatenate([best_ids, ids], 1), RECALL_K)
-            best_ids = np.ascontiguousarray(best_ids)
+            exact.add_result(scores, ids)
 
         for ids, vectors in catalog.iter_vectors(dim, batch=options.part_rows):
             pending.append(add.remote(trained_ref, ids, vectors, queries_ref, RECALL_K, cpus))
@@ -662,7 +653,6 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
         for refs in pending:
             collect(refs)
 
-        import faiss
         from faiss.contrib.ondisk import merge_ondisk
 
         merged = faiss.deserialize_index(trained)
@@ -673,8 +663,8 @@ def build_index_on_ray(lib: "Library", spec: "IndexSpec | None" = None, *, optio
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
 
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    true_ids = np.take_along_axis(best_ids, order, 1)
+    exact.finalize()
+    true_ids = exact.I
     meta = IndexMeta(kind=spec.kind, dim=dim, spec=spec_fields(spec), factory=spec.factory(dim),
                      built_at=time.time(),
                      extra={"layout": "ondisk", "ivfdata": ivfdata.name, "built_on": "ray",

@@ -469,31 +469,27 @@ class ClipEncoder:
         return digest.hexdigest()
 
     def _export_visual(self, path: Path) -> None:
-        import tempfile
         import warnings
 
         import torch
 
+        from clipsearch.atomic import atomic_path
+
+        dummy = torch.zeros(2, 3, self.image_size, self.image_size)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+            with atomic_path(path) as tmp:  # replaces `path` once the export succeeded
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+                        torch.onnx.export(self.model.visual.eval(), (dummy,), str(tmp), input_names=["pixels"],
+                                          output_names=["features"], opset_version=_ONNX_OPSET, dynamo=False,
+                                          dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
+                except Exception as exc:
+                    raise ModelError(f"could not export the image tower of {self.name} to ONNX: {exc}") from exc
         except OSError as exc:
             raise ModelError(f"cannot write the ONNX export to {path.parent} ({exc.strerror or exc}); "
                              f"set ${ONNX_CACHE_ENV} to a writable folder") from exc
-        os.close(fd)
-        dummy = torch.zeros(2, 3, self.image_size, self.image_size)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-                torch.onnx.export(self.model.visual.eval(), (dummy,), tmp, input_names=["pixels"],
-                                  output_names=["features"], opset_version=_ONNX_OPSET, dynamo=False,
-                                  dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}})
-            os.replace(tmp, path)
-        except Exception as exc:
-            raise ModelError(f"could not export the image tower of {self.name} to ONNX: {exc}") from exc
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         log.info("exported the image tower of %s to %s", self.name, path)
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:

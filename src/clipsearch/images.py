@@ -640,7 +640,6 @@ def _megapixels(pixels: int) -> str:
 
 
 def _byte_size(size: int) -> str:
-    if size < 1024 * 1024:
-        return f"{size} bytes"
-    value = size / (1024 * 1024)
-    return f"{value:.0f} MB" if value >= 10 else f"{value:.1f} MB"
+    from clipsearch.sizes import format_size
+
+    return format_size(size, binary=True)

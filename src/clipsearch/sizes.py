@@ -19,13 +19,19 @@ def parse_size(text: str) -> int:
     return value
 
 
-def format_size(n: float) -> str:
-    """A byte count for people: 536.9 MB."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
+def format_size(n: float | None, *, binary: bool = False) -> str:
+    """A byte count for people: "536.9 MB" (powers of 1000, as disks are sold), or "512.0 MiB" with `binary`.
+
+    The one size formatter: the CLI, the UI, index sizes and file-size limits all print through it.
+    """
+    if n is None:
+        return "?"
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "kB", "MB", "GB", "TB"))
+    for unit in units:
+        if abs(n) < base or unit == units[-1]:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"  # pragma: no cover
+        n /= base
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 __all__ = ["format_size", "parse_size"]

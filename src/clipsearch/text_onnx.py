@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -255,14 +254,10 @@ def export_text_tower(encoder: "ClipEncoder", pretrained: str | None,
 
 
 def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from clipsearch.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def _write_onnx(model: Any, path: Path) -> None:

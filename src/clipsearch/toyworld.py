@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from clipsearch.atomic import atomic_writer
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------
@@ -1049,13 +1051,11 @@ def generate(out_dir: str | os.PathLike[str], n: int, split: str = "train", seed
                 titles[index] = title
             bar.update(len(rows))
     csv_path = out / "captions.csv"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_writer(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for index, scene in enumerate(scenes):
             writer.writerow((_image_path(index, width), titles[index], canonical(scene)))
-    os.replace(tmp, csv_path)
     log.info("wrote %s", csv_path)
     return csv_path
 

@@ -114,12 +114,12 @@ def generate_videos(out_dir: str | os.PathLike[str], n: int, *, split: str = "se
             rows.append((rel, f"{segment.start:.1f}", f"{segment.end:.1f}",
                          toyworld.caption(segment.scene, rng), toyworld.canonical(segment.scene)))
     csv_path = out / "videos.csv"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    from clipsearch.atomic import atomic_writer
+
+    with atomic_writer(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(VIDEO_CSV_COLUMNS)
         writer.writerows(rows)
-    os.replace(tmp, csv_path)
     return csv_path
 
 

@@ -333,9 +333,10 @@ def _cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], 
 # ---------------------------------------------------------------------------------------
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    from clipsearch.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # a unique temp name, fsynced, renamed: a crash keeps the old file
+        write(tmp)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -86,7 +86,7 @@ def _seconds(text: str) -> float:
 
 
 def _memory_size(text: str) -> int:
-    from clipsearch.index import parse_size
+    from clipsearch.sizes import parse_size
 
     if text.strip().lower() == "none":
         return 0
@@ -100,7 +100,7 @@ def _index_line(lib: Any) -> str:
     info = lib.info()
     recall = "exact" if info.index_kind == "flat" else (
         f"recall@10 {info.index_recall:.3f}" if info.index_recall is not None else "recall not measured")
-    from clipsearch.index import format_size
+    from clipsearch.sizes import format_size
 
     return (f"{lib.vector_index.describe()}, {info.index_count} vectors, ~{format_size(info.index_bytes)}, "
             f"{recall}")
@@ -225,7 +225,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return _print_formats(args.json)
     from clipsearch.library import Library
 
-    from clipsearch.index import format_size
+    from clipsearch.sizes import format_size
 
     with Library.open(args.library or default_library(), create=False) as lib:
         info = lib.info()

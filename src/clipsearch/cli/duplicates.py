@@ -6,16 +6,7 @@ import json
 import sys
 
 from clipsearch.cli.core import add_library_args, open_library
-
-
-def _fmt_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from clipsearch.sizes import format_size
 
 
 def _cmd_duplicates(args: argparse.Namespace) -> int:
@@ -46,7 +37,7 @@ def _cmd_duplicates(args: argparse.Namespace) -> int:
                 print(f"group {n} ({g.level}, {len(g.members)} photos): keep {g.keep}  [{g.reason}]")
                 for m in g.members:
                     mark = "*" if m.id == g.keep_id else " "
-                    print(f"  {mark} {m.score:.3f}  {m.width}×{m.height}  {_fmt_size(m.file_size):>9}  {m.path}  ({m.why})")
+                    print(f"  {mark} {m.score:.3f}  {m.width}×{m.height}  {format_size(m.file_size):>9}  {m.path}  ({m.why})")
             if journal is not None:
                 verb = "would move" if journal.dry_run else "moved"
                 count = len(journal.moves) if journal.dry_run else len(journal.done)

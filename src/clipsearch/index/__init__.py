@@ -16,30 +16,19 @@ Everything public is importable from `clipsearch.index` itself.
 """
 from __future__ import annotations
 
-import os
-
-# faiss and torch each bring their own OpenMP runtime, and by default an idle OpenMP
-# thread spins for a while before it sleeps. In one process that encodes a query (torch)
-# and then searches (faiss), each pool's spinning threads take the cores the other needs:
-# on 2 cores a ViT-B-32 text query took 720 ms at p50 instead of 80 ms
-# (docs/performance.md, "Query latency"). Sleeping waits cost microseconds per call.
-# Both runtimes read this when they load, which clipsearch does lazily, after this module;
-# a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from clipsearch.atomic import atomic_write_bytes, remove_stale_temp_files  # noqa: E402
-from clipsearch.index.choose import (  # noqa: E402
+from clipsearch.atomic import atomic_write_bytes, remove_stale_temp_files
+from clipsearch.index.choose import (
     AUTO, FLAT_MAX_VECTORS, HNSW_M, INDEX_KINDS, RECALL_K, RECALL_QUERIES, TARGET_RECALL, TRAIN_MAX,
     IndexConfigError, IndexSpec, choose_index, needs_rebuild, nlist_for, predict_bytes, spec_fields,
 )
-from clipsearch.index.exact import ExactTopK, exact_search  # noqa: E402
-from clipsearch.index.lifecycle import LibraryIndex, build_from_catalog, exact_vectors_from  # noqa: E402
-from clipsearch.index.store import IndexMeta, saved_generation  # noqa: E402
-from clipsearch.index.tuning import build_index, recall_at_k, recall_queries, tune  # noqa: E402
-from clipsearch.index.vector_index import (  # noqa: E402
+from clipsearch.index.exact import ExactTopK, exact_search
+from clipsearch.index.lifecycle import LibraryIndex, build_from_catalog, exact_vectors_from
+from clipsearch.index.store import IndexMeta, saved_generation
+from clipsearch.index.tuning import build_index, recall_at_k, recall_queries, tune
+from clipsearch.index.vector_index import (
     HNSW_MAX_DELETED, RERANK_DEPTH, VectorIndex, new_faiss_index, train_index,
 )
-from clipsearch.sizes import format_size, parse_size  # noqa: E402
+from clipsearch.sizes import format_size, parse_size
 
 __all__ = [
     "AUTO", "FLAT_MAX_VECTORS", "HNSW_M", "HNSW_MAX_DELETED", "INDEX_KINDS", "RECALL_K", "RECALL_QUERIES",
