@@ -107,10 +107,14 @@ def page(browser: Any, server: Any, request: pytest.FixtureRequest) -> Iterator[
 
 
 def search(page: Any, text: str) -> None:
+    """Search and wait until it has settled: typing (change) and Enter (submit) each send one, and a
+    late answer clears a selection made in between (as it should: it is a new search)."""
     box = page.locator("#query textarea")
     box.fill(text)
     box.press("Enter")
+    page.wait_for_function("q => document.querySelector('#status').innerText.includes(q)", arg=text)
     page.locator("#results .cs-tile").first.wait_for()
+    page.wait_for_timeout(700)
 
 
 def tiles(page: Any) -> Any:
