@@ -72,13 +72,23 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=12)
     ap.add_argument("--distractors", type=int, default=16)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--reuse", action="store_true", help="reuse the files and labels of an earlier run in --out")
     ap.add_argument("--modes", nargs="+", default=["pixels+time", "pixels", "fast+time"])
     args = ap.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
-    t = time.perf_counter()
-    items = duplicates_set.make_set(os.path.join(args.out, "photos"), toy=args.toy, photos=args.photos,
-                                    series=args.series, distractors=args.distractors, seed=args.seed)
-    print(f"{len(items)} files generated in {time.perf_counter() - t:.0f} s (seed {args.seed})")
+    import json
+    from dataclasses import asdict
+
+    labels = os.path.join(args.out, "labels.json")
+    if args.reuse and os.path.exists(labels):
+        items = [duplicates_set.Item(**d) for d in json.load(open(labels))]
+        print(f"{len(items)} files reused from {args.out}")
+    else:
+        shutil.rmtree(args.out, ignore_errors=True)
+        t = time.perf_counter()
+        items = duplicates_set.make_set(os.path.join(args.out, "photos"), toy=args.toy, photos=args.photos,
+                                        series=args.series, distractors=args.distractors, seed=args.seed)
+        json.dump([asdict(it) for it in items], open(labels, "w"))
+        print(f"{len(items)} files generated in {time.perf_counter() - t:.0f} s (seed {args.seed})")
     lib = Library.open(os.path.join(args.out, "lib"))
     print(lib.index(os.path.join(args.out, "photos")).summary())
     cache = FactsCache.for_library(lib.folder)

@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from common import ClipLikeMixture, machine, peak_rss_gb  # noqa: E402
 
-from clipsearch.duplicates import DuplicateOptions, decide, group_pairs  # noqa: E402
+from clipsearch.duplicates import DuplicateOptions, group_pairs  # noqa: E402
+from clipsearch.duplicates.groups import fast_levels  # noqa: E402
 from clipsearch.duplicates.candidates import clip_pairs, hash_distances, hash_pairs, rotated_hashes  # noqa: E402
 
 
@@ -52,9 +53,11 @@ def planted(n: int, seed: int = 0, copy_share: float = 0.03, burst_share: float 
 
 
 def run(n: int) -> None:
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     vectors, hashes, truth_copy, truth_moment = planted(n)
     t_gen = time.perf_counter() - t0
+    cpu0 = time.process_time()
     opts = DuplicateOptions(verify="fast")
     t = time.perf_counter()
     cp, _ = clip_pairs(vectors, opts.k, opts.min_similarity)
@@ -66,8 +69,8 @@ def run(n: int) -> None:
     pairs = np.unique(np.concatenate([cp, hp]), axis=0)
     sims = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
     hd, rot = hash_distances(hashes, pairs, with_rotation=True)
-    levels = [decide(None, None, None, None, float(s), int(d), opts, rotation=int(r)).level
-              for s, d, r in zip(sims.tolist(), hd.tolist(), rot.tolist())]
+    nan = np.full(len(pairs), np.nan)
+    levels = [lv or None for lv in fast_levels(sims, hd, rot, nan, nan, opts).tolist()]
     t_decide = time.perf_counter() - t
     t = time.perf_counter()
     copies = group_pairs(n, pairs, levels, "copies")
@@ -75,11 +78,13 @@ def run(n: int) -> None:
     t_group = time.perf_counter() - t
     found = {tuple(p) for p, lv in zip(pairs.tolist(), levels) if lv == "copy"}
     total = t_clip + t_hash + t_decide + t_group
+    cpu = time.process_time() - cpu0
     print(f"n={n:,}: candidates {len(cp):,} CLIP + {len(hp):,} hash -> {len(pairs):,} pairs; "
           f"{len(copies):,} copy groups, {len(moments):,} moment groups; planted copy pairs found "
           f"{len(found & truth_copy) / max(1, len(truth_copy)):.3f}")
     print(f"  seconds: CLIP neighbours {t_clip:.1f}, hash buckets {t_hash:.1f}, decisions {t_decide:.1f}, "
-          f"groups {t_group:.1f}; total {total:.1f} (vectors made in {t_gen:.1f}); peak RSS {peak_rss_gb():.1f} GB")
+          f"groups {t_group:.1f}; total {total:.1f} wall, {cpu:.1f} CPU (vectors made in {t_gen:.1f}); "
+          f"peak RSS {peak_rss_gb():.1f} GB; load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

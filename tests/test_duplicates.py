@@ -161,6 +161,34 @@ def test_library_groups_copies_and_moments_and_never_the_distractor(dup_library)
     assert not any(distractor.path in p for p in _pairs(moments))
 
 
+def test_hashes_are_stored_at_index_time(dup_library) -> None:
+    from clipsearch.duplicates.groups import stored_hashes
+
+    lib, _, _ = dup_library
+    ids = lib.image_ids()
+    assert (stored_hashes(lib.catalog, ids) >= 0).all()
+
+
+def test_fast_mode_groups_only_true_copies_without_decoding_pairs(dup_library) -> None:
+    from clipsearch.duplicates import DuplicateOptions
+
+    lib, items, _ = dup_library
+    picture = {it.path: it.picture for it in items}
+    groups = lib.duplicates("copies", options=DuplicateOptions(verify="fast"))
+    assert groups and all(len({picture[m.path] for m in g.members}) == 1 for g in groups)
+
+
+def test_capture_times_overrule_the_fast_rule() -> None:
+    from clipsearch.duplicates import DuplicateOptions
+    from clipsearch.duplicates.groups import fast_levels
+
+    opts = DuplicateOptions(verify="fast")
+    clip, hd, rot = np.array([0.99] * 4), np.array([1, 1, 1, 10]), np.zeros(4, int)
+    a = np.array([0.0, 0.0, 0.0, 0.0])
+    b = np.array([0.0, 3.0, 3600.0, np.nan])
+    assert fast_levels(clip, hd, rot, a, b, opts).tolist() == ["copy", "moment", "", "moment"]
+
+
 def test_unknown_level_names_the_choices(dup_library) -> None:
     lib, _, _ = dup_library
     with pytest.raises(DuplicatesError, match="copies, moments"):

@@ -73,7 +73,9 @@ class FactReader(Protocol):
 
 def default_readers() -> tuple[FactReader, ...]:
     """The readers a library uses unless told otherwise (each feature adds its reader here)."""
-    return ()
+    from clipsearch.duplicates.facts import PHASH_READER
+
+    return (PHASH_READER,)
 
 
 def version_column(name: str) -> str:

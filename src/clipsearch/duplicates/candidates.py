@@ -15,8 +15,12 @@ Both return unique (i, j) position pairs with i < j. faiss is imported lazily; n
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
+
+# faiss's OpenMP threads sleep between calls instead of spinning (see clipsearch.index).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +142,22 @@ def hash_pairs(hashes: np.ndarray, max_distance: int = 10) -> tuple[np.ndarray, 
     n = len(HASH_BITS)
     bounds = np.linspace(0, n, HASH_PARTS + 1).astype(int)
     found: list[np.ndarray] = []
+    limit = 4 * MAX_BUCKET  # four rotations per photo
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         part = (flat >> lo) & ((1 << (hi - lo)) - 1)
         order = np.argsort(part, kind="stable")
-        sorted_part = part[order]
-        starts = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        for s, e in zip(starts, ends):
-            if e - s < 2:
-                continue
-            members = np.unique(owner[order[s:e]])
-            if len(members) < 2 or len(members) > MAX_BUCKET:
-                continue
-            a, b = np.triu_indices(len(members), 1)
-            found.append(np.stack([members[a], members[b]], 1))
+        key, who = part[order], owner[order]
+        _, counts = np.unique(key, return_counts=True)
+        size = np.repeat(counts, counts)
+        usable = (size >= 2) & (size <= limit)
+        # Entries of one bucket sit next to each other: pair each with the ones d places on.
+        for d in range(1, limit):
+            same = usable[:-d] & (key[:-d] == key[d:])
+            if not same.any():
+                break
+            a, b = who[:-d][same], who[d:][same]
+            other = a != b
+            found.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1)[other])
     if not found:
         return np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
     pairs = np.unique(np.concatenate(found), axis=0)

@@ -1,9 +1,13 @@
 """Per-photo facts duplicate detection needs: the hash, sharpness, format, metadata, capture time.
 
-`PhotoFacts` are cheap (a few numbers per photo). They are read once per file version
-and kept in the library folder (`duplicates.sqlite`, keyed by catalog id, size and mtime)
-until the catalog's per-file facts seam computes them at index time; `PhashReader` is
-that seam's reader (its `read(path, image)` is what the cache stores).
+`PhashReader` is the catalog's per-file facts reader (`clipsearch.facts`): every indexed
+photo gets its hash (`phash`, an indexed column) and sharpness while it is decoded for
+the model, and photos indexed before it existed are back-filled by the next index run
+(decoding, never re-encoding). `PhotoFacts` (a few numbers more: format, size, metadata,
+capture time) are read for the members of candidate pairs only, once per file version,
+and kept in the library folder (`duplicates.sqlite`, keyed by catalog id, size and
+mtime); a photo whose hash the catalog lacks (a library opened without the reader) is
+read the same way.
 """
 from __future__ import annotations
 
@@ -84,6 +88,7 @@ class PhashReader:
         return ("phash",)
 
     def read(self, path: str, image: Image.Image | None) -> dict[str, Any]:
+        # The hash of a draft-reduced image is the hash of the photo: it is taken at 32 px.
         try:
             sig = signature_of_image(image) if image is not None else read_photo(path)[0]
         except Exception as exc:  # noqa: BLE001 - a reader never raises for what a file holds

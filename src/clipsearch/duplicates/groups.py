@@ -216,6 +216,53 @@ def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts
     return PairDecision(a, b, level, clip, hash_distance, evidence, seconds, note)
 
 
+def fast_levels(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarray, taken_a: np.ndarray,
+                taken_b: np.ndarray, options: DuplicateOptions) -> np.ndarray:
+    """`decide` with verify="fast", for many pairs at once: "copy", "moment" or "" per pair.
+
+    `taken_a`, `taken_b`: capture times (NaN when unknown).
+    """
+    copy = (hash_distance <= options.fast_copy_hash) & ((clip >= options.fast_copy_clip) | (rotation != 0))
+    moment = ~copy & (hash_distance <= options.fast_moment_hash) & (clip >= options.fast_moment_clip)
+    out = np.where(copy, "copy", np.where(moment, "moment", "")).astype(object)
+    if options.use_capture_time:
+        seconds = np.abs(taken_a - taken_b)
+        known = ~np.isnan(seconds)
+        shots = known & copy & (seconds >= 1.0)
+        out[shots & (seconds <= options.moment_seconds)] = "moment"
+        out[shots & (seconds > options.moment_seconds)] = ""
+        out[known & moment & (seconds > options.moment_seconds)] = ""
+    return out
+
+
+def stored_capture_times(catalog: "Catalog", ids: np.ndarray) -> np.ndarray:
+    """Capture times from EXIF in the catalog's metadata columns (NaN where unknown or not stored)."""
+    from clipsearch.duplicates.facts import CAPTURE_SOURCES
+
+    out = np.full(len(ids), np.nan)
+    if not {"taken_ts", "taken_source"} <= catalog.fact_columns:
+        return out
+    found = catalog.facts(ids.tolist(), ["taken_ts", "taken_source"])
+    for pos, i in enumerate(ids.tolist()):
+        row = found.get(i, {})
+        if row.get("taken_ts") is not None and row.get("taken_source") in CAPTURE_SOURCES:
+            out[pos] = float(row["taken_ts"])
+    return out
+
+
+def stored_hashes(catalog: "Catalog", ids: np.ndarray) -> np.ndarray:
+    """The catalog's `phash` column for `ids` (-1 where missing, or when the catalog has no such column)."""
+    out = np.full(len(ids), -1, np.int64)
+    if "phash" not in catalog.fact_columns:
+        return out
+    found = catalog.facts(ids.tolist(), ["phash"])
+    for pos, i in enumerate(ids.tolist()):
+        value = found.get(i, {}).get("phash")
+        if value is not None:
+            out[pos] = int(value)
+    return out
+
+
 class _UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -379,10 +426,16 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
     report.clip_pairs = len(cpairs)
     hashes = np.full(n, -1, np.int64)
     if options.use_hashes:
-        source.load_facts(ids.tolist(), progress=progress)
-        for pos, i in enumerate(ids.tolist()):
-            if i in source.facts:
-                hashes[pos] = source.facts[i].phash
+        stored = stored_hashes(catalog, ids)
+        hashes[:] = stored
+        missing = ids[stored < 0].tolist()
+        if missing:
+            log.info("duplicates: %d photos have no stored hash; reading them (run `clipsearch index` to "
+                     "store them)", len(missing))
+            source.load_facts(missing, progress=progress)
+            for pos, i in enumerate(ids.tolist()):
+                if hashes[pos] < 0 and i in source.facts:
+                    hashes[pos] = source.facts[i].phash
         hpairs, _ = hash_pairs(hashes, options.max_hash_distance)
     else:
         hpairs = np.zeros((0, 2), np.int64)
@@ -391,17 +444,35 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
     if not len(pairs):
         return empty
     clip = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
-    if not options.use_hashes:
+    if options.verify == "pixels":
+        # Format, metadata and capture time of the candidates' members (pixels read them anyway).
         source.load_facts(np.unique(ids[pairs]).tolist(), progress=progress)
         for pos in np.unique(pairs):
             f = source.facts.get(int(ids[pos]))
-            if f is not None:
+            if f is not None and hashes[pos] < 0:
                 hashes[pos] = f.phash
     known = (hashes[pairs[:, 0]] >= 0) & (hashes[pairs[:, 1]] >= 0)
     hd = np.full(len(pairs), 64, np.int64)
     hrot = np.zeros(len(pairs), np.int64)
     if known.any():
         hd[known], hrot[known] = hash_distances(hashes, pairs[known], with_rotation=True)
+    if options.verify == "fast":
+        taken = stored_capture_times(catalog, ids)
+        levels_arr = fast_levels(clip, hd, hrot, taken[pairs[:, 0]], taken[pairs[:, 1]], options)
+        pair_levels = [lv or None for lv in levels_arr.tolist()]
+        decisions = {}
+        for (p, q), lv, sim, dist in zip(pairs.tolist(), pair_levels, clip.tolist(), hd.tolist()):
+            if lv is not None:
+                d = PairDecision(int(ids[p]), int(ids[q]), lv, float(sim), int(dist))
+                decisions[(d.a, d.b)] = decisions[(d.b, d.a)] = d
+                report.decisions.append(d)
+        report.compared = len(pairs)
+        # The keeper's evidence, for the grouped photos only.
+        grouped = {p for level in levels for g in group_pairs(n, pairs, pair_levels, level) for p in g}
+        source.load_facts(sorted(int(ids[p]) for p in grouped), progress=progress)
+        report.unreadable = sorted(set(source.unreadable))
+        return {level: _build_groups(level, n, pairs, pair_levels, ids, vectors, rows, source.facts, decisions)
+                for level in levels}
     from tqdm import tqdm
 
     pair_levels: list[str | None] = []
