@@ -117,4 +117,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from clipsearch.runtime import configure_process
+
+    configure_process()
     main()

@@ -88,6 +88,9 @@ def run(n: int) -> None:
 
 
 if __name__ == "__main__":
+    from clipsearch.runtime import configure_process
+
+    configure_process()
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, nargs="+", default=[100_000])
     args = ap.parse_args()

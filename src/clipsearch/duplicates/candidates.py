@@ -15,12 +15,8 @@ Both return unique (i, j) position pairs with i < j. faiss is imported lazily; n
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
-
-# faiss's OpenMP threads sleep between calls instead of spinning (see clipsearch.index).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger(__name__)
 
