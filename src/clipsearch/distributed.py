@@ -371,7 +371,7 @@ class _Embedder:
 def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpec | None = None,
                  options: RayOptions | None = None, exclude: Iterable[str | os.PathLike] = (),
                  allow_empty: bool = False, progress: bool = False, index_kind: str | None = None,
-                 max_memory: int | str | None = None, wait: float = 0.0) -> IndexReport:
+                 max_memory: int | str | None = None, wait: float = 0.0, retry_failed: bool = False) -> IndexReport:
     """Sync the photos under `root` into `lib`, embedding on Ray; returns the same report as `Library.index`.
 
     `encoder` defaults to the library's model and weights. `index_kind` and `max_memory`
@@ -385,7 +385,8 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     with lib.write_lock(wait), ray_session(options) as ray:
         lib.indexes.set_choice(index_kind, max_memory)
         lib.catalog.ensure_columns(lib.readers)
-        plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty)
+        plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty,
+                         retry_failed=retry_failed)
         plan.report.attempted = len(plan.todo)
         report = plan.report
         # The index this run ends with, judged before it starts: when it is to be built on

@@ -88,6 +88,9 @@ class _Worker:
     """One worker process and the socket to it."""
 
     def __init__(self) -> None:
+        if getattr(sys, "frozen", False) or not sys.executable:
+            # A frozen app's executable is the app itself, not a Python that takes -c.
+            raise WorkerStartError("this Python has no interpreter to start worker processes with")
         parent_end, child_end = socket.socketpair()
         try:
             self.proc = subprocess.Popen(

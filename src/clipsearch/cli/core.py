@@ -106,6 +106,19 @@ def _index_line(lib: Any) -> str:
             f"{recall}")
 
 
+def exit_status_of(report: Any) -> int:
+    """1 (with a message) for a run that tried files and left nothing indexed under its folder, else 0.
+
+    Such a run is trouble for a scheduled job, not a success; one broken photo beside
+    good ones is not this.
+    """
+    if not report.all_failed:
+        return 0
+    print(f"clipsearch: error: none of the {report.attempted} files tried under {report.root} could be indexed, "
+          "and none is indexed from it; see the reasons listed (clipsearch info --failures)", file=sys.stderr)
+    return 1
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from clipsearch.cli.distributed import cmd_index_ray
@@ -119,12 +132,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
             report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude,
                                wait=args.wait, retry_failed=args.retry_failed,
                                index_kind=args.index, max_memory=args.max_memory)
-            if report.all_failed:
-                # A run that indexed nothing of what it tried is trouble for a scheduled job, not a success.
-                status = 1
-                print(f"clipsearch: error: none of the {report.attempted} files tried under {report.root} could be "
-                      "indexed, and none is indexed from it; see the reasons listed (clipsearch info --failures)",
-                      file=sys.stderr)
+            status = max(status, exit_status_of(report))
             if args.json:
                 reports.append(report.to_dict())
                 continue

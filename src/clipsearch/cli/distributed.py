@@ -34,7 +34,7 @@ def _options(args: argparse.Namespace) -> "object":
 
 def cmd_index_ray(args: argparse.Namespace) -> int:
     """`clipsearch index PHOTOS --ray`: prints what `clipsearch index` prints."""
-    from clipsearch.cli.core import _index_line, open_library
+    from clipsearch.cli.core import _index_line, exit_status_of, open_library
     from clipsearch.distributed import EncoderSpec, index_on_ray
     from clipsearch.encoder import IMAGE_BACKEND_ENV
 
@@ -44,23 +44,25 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
         encoder = EncoderSpec(lib.model, lib.pretrained, getattr(args, "device", None),
                               image_backend=args.image_backend or os.environ.get(IMAGE_BACKEND_ENV))
         reports = []
+        status = 0
         for root in args.photos:
             report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet, wait=args.wait,
                                   allow_empty=args.allow_empty, exclude=args.exclude, index_kind=args.index,
-                                  max_memory=args.max_memory)
+                                  max_memory=args.max_memory, retry_failed=args.retry_failed)
+            status = max(status, exit_status_of(report))
             if args.json:
                 reports.append(report.to_dict())
                 continue
             print(report.summary())
             for s in report.skipped[: args.show_skipped]:
-                print(f"  skipped {s.path}: {s.reason}")
+                print(f"  skipped {s.path}: {s.reason}" + (" (tried again next run)" if s.retry else ""))
             if len(report.skipped) > args.show_skipped:
                 print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
         if args.json:
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         elif lib.vector_index is not before:
             print(f"index rebuilt: {_index_line(lib)}")
-    return 0
+    return status
 
 
 def cmd_rebuild_ray(args: argparse.Namespace) -> int:
