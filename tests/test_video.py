@@ -207,3 +207,13 @@ def test_toyworld_clips_have_segments_at_known_times(tmp_path: Path, capsys: pyt
         assert info.duration == pytest.approx(float(segments[-1]["end"]), abs=0.2)
     args = parser.parse_args(["toyworld", "generate", str(tmp_path)])
     assert args.func(args) == 2  # neither images nor clips asked for
+
+
+def test_frame_at_shows_the_moment(tmp_path: Path) -> None:
+    from clipsearch.video import frame_at
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    clip = write_clip(tmp_path / "three.mp4", colours, seconds_each=2.0, keyint=100)
+    for t, want in ((0.5, 0), (3.1, 1), (5.5, 2)):
+        mean = np.asarray(frame_at(clip, t))[:, -4:].reshape(-1, 3).mean(axis=0)
+        assert int(np.argmin(((np.array(colours) - mean) ** 2).sum(axis=1))) == want

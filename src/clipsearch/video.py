@@ -344,3 +344,40 @@ def format_time(seconds: float) -> str:
     """00:00:41 style."""
     s = int(round(seconds))
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def frame_at(path: str | os.PathLike[str], seconds: float, *, target_size: int | None = None,
+             limits: VideoLimits = VideoLimits()) -> "Image.Image":
+    """The frame shown at `seconds` into the video (for thumbnails and the detail view).
+
+    Seeks to the keyframe before it and decodes forward; raises ImageLoadError when the
+    file is not a usable video.
+    """
+    import av
+
+    path = os.fspath(path)
+    container = _open(path, limits)
+    try:
+        stream, *_ = _stream_facts(path, container, limits)
+        stream.thread_type = "AUTO"
+        base, start = stream.time_base, stream.start_time or 0
+        target = int(seconds / base) + start
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        except av.error.FFmpegError:
+            container.seek(0)
+        last = None
+        deadline = time.monotonic() + limits.max_decode_s
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            last = frame
+            if frame.pts >= target or time.monotonic() > deadline:
+                break
+        if last is None:
+            raise ImageLoadError(path, f"no frame could be decoded at {format_time(seconds)}")
+        return _frame_image(last, target_size)
+    except av.error.FFmpegError as exc:
+        raise ImageLoadError(path, f"corrupt video stream: {_reason(exc)}") from exc
+    finally:
+        container.close()
