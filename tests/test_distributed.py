@@ -270,6 +270,33 @@ def test_a_per_file_field_is_read_on_ray_as_on_one_machine(ray_cluster: str, pho
         assert {f["facts_dummy_version"] for f in _all_facts(again).values()} == {2}
 
 
+def test_videos_on_ray_as_on_one_machine(ray_cluster: str, tmp_path: Path) -> None:
+    pytest.importorskip("av")
+    from test_video import write_clip
+
+    folder = tmp_path / "clips"
+    (folder / "sub").mkdir(parents=True)
+    write_clip(folder / "trip.mp4", [COLOURS["red"], COLOURS["blue"], COLOURS["green"]], seconds_each=3.0, keyint=300)
+    write_clip(folder / "sub" / "sea.mkv", [COLOURS["blue"], COLOURS["white"]], seconds_each=2.0, keyint=20)
+    _noisy(folder / "still.jpg", COLOURS["yellow"], seed=1)
+    single = Library.open(tmp_path / "single", encoder=FakeEncoder())
+    single.index(folder, index_kind="flat")
+    dist = Library.open(tmp_path / "ray", encoder=FakeEncoder())
+    report = index_on_ray(dist, folder, encoder=EncoderSpec(factory=FakeEncoder),
+                          options=RayOptions(workers=1, batch_size=4), index_kind="flat")
+    assert report.added == 3 and not report.skipped
+    assert (dist.info().videos, dist.info().video_frames) == (single.info().videos, single.info().video_frames)
+    ids_a, vecs_a = single.vectors()
+    ids_b, vecs_b = dist.vectors()
+    np.testing.assert_array_equal(ids_a, ids_b)  # the same frame rows, in the same order
+    np.testing.assert_allclose(vecs_b, vecs_a, atol=1e-6, rtol=0)
+    for query in ("blue", "green", "yellow"):
+        a, b = single.search(query, k=3), dist.search(query, k=3)
+        assert [(h.path, h.time, h.segment) for h in a] == [(h.path, h.time, h.segment) for h in b]
+    single.close()
+    dist.close()
+
+
 # -- IVF-PQ built on Ray, merged on disk -----------------------------------------------------
 def test_ivfpq_built_on_ray_is_served_from_disk(ray_cluster: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)

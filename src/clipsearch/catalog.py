@@ -111,11 +111,21 @@ class NewImage:
     width: int | None = None
     height: int | None = None
     facts: Mapping[str, Any] = field(default_factory=dict)  # column -> value, columns from ensure_columns
+    # A video: the times (seconds) of its sampled frames, one row of `vector` each. The
+    # video's own row holds the first frame; each further frame is a row of its own
+    # (`video_id` names the video, `path` is "VIDEO#t=SECONDS"), so the index and every
+    # search treat a moment like a photo (clipsearch.moments groups them back).
+    times: tuple[float, ...] = ()
+
+
+def frame_path(video_path: str, seconds: float) -> str:
+    """The catalog path of a video's frame row: never a file, never listed by a scan."""
+    return f"{video_path}#t={seconds:.3f}"
 
 
 # The images table's own columns; every other column of it belongs to a fact reader.
 _BASE_COLUMNS = frozenset({"id", "path", "size", "mtime_ns", "status", "error", "width", "height", "indexed_at",
-                           "error_stack"})
+                           "error_stack", "video_id", "time"})
 
 
 _ROW_COLUMNS = "id, path, size, mtime_ns, status, error, width, height, indexed_at"
@@ -173,6 +183,11 @@ class Catalog:
         if "error_stack" not in have:
             # The decoder stack (images.decoder_stack) that judged a failed file: another one retries it.
             self._db.execute("ALTER TABLE images ADD COLUMN error_stack TEXT")
+        if "video_id" not in have:
+            # Videos: a frame row names its video (and goes with it); `time` is the frame's second.
+            self._db.execute("ALTER TABLE images ADD COLUMN video_id INTEGER REFERENCES images(id) ON DELETE CASCADE")
+            self._db.execute("ALTER TABLE images ADD COLUMN time REAL")
+        self._db.execute("CREATE INDEX IF NOT EXISTS images_video_id ON images(video_id)")
 
     def close(self) -> None:
         self._db.close()
@@ -240,7 +255,7 @@ class Catalog:
         conds = [f'("{version_column(r.name)}" IS NULL OR "{version_column(r.name)}" < ?)' for r in readers]
         if not conds:
             return []
-        sql = (f"SELECT {_ROW_COLUMNS} FROM images WHERE status='ok' AND ({' OR '.join(conds)})")
+        sql = (f"SELECT {_ROW_COLUMNS} FROM images WHERE status='ok' AND video_id IS NULL AND ({' OR '.join(conds)})")
         args: list[Any] = [int(r.version) for r in readers]
         if root is not None:
             sql += " AND path >= ? AND path < ?"
@@ -368,7 +383,7 @@ class Catalog:
         lo, hi = _prefix_bounds(root)
         rows = self._db.execute(
             "SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at FROM images "
-            "WHERE path >= ? AND path < ?", (lo, hi))
+            "WHERE path >= ? AND path < ? AND video_id IS NULL", (lo, hi))
         return {r[1]: ImageRow(*r) for r in rows}
 
     def ids_under(self, folder: str) -> np.ndarray:
@@ -398,7 +413,11 @@ class Catalog:
         return ImageRow(*r) if r else None
 
     def add_images(self, images: Sequence[NewImage]) -> list[int]:
-        """Insert indexed images (replacing any row with the same path); returns their new ids."""
+        """Insert indexed images (replacing any row with the same path, and a replaced video's frames).
+
+        Returns the new ids, one per vector row: a photo's id; for a video its own id then
+        its further frames' ids, in time order (`NewImage.times`).
+        """
         now = time.time()
         ids = []
         with self.transaction():
@@ -406,13 +425,61 @@ class Catalog:
                 self._db.execute("DELETE FROM images WHERE path=?", (im.path,))
                 facts = self._known_facts(im.facts)
                 cols = "".join(f', "{c}"' for c in facts)
+                vectors = np.atleast_2d(np.asarray(im.vector, np.float32)) if im.times else None
+                first_time = float(im.times[0]) if im.times else None
                 cur = self._db.execute(
-                    f"INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at{cols}) "
-                    f"VALUES (?, ?, ?, 'ok', ?, ?, ?{', ?' * len(facts)})",
-                    (im.path, im.size, im.mtime_ns, im.width, im.height, now, *(im.facts[c] for c in facts)))
-                ids.append(int(cur.lastrowid))
-                self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)", (cur.lastrowid, _blob(im.vector)))
+                    f"INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at, time{cols}) "
+                    f"VALUES (?, ?, ?, 'ok', ?, ?, ?, ?{', ?' * len(facts)})",
+                    (im.path, im.size, im.mtime_ns, im.width, im.height, now, first_time,
+                     *(im.facts[c] for c in facts)))
+                video_id = int(cur.lastrowid)
+                ids.append(video_id)
+                self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)",
+                                 (video_id, _blob(vectors[0] if vectors is not None else im.vector)))
+                for t, vector in zip(im.times[1:], vectors[1:] if vectors is not None else ()):
+                    cur = self._db.execute(
+                        "INSERT INTO images(path, size, mtime_ns, status, width, height, indexed_at, video_id, time) "
+                        "VALUES (?, ?, ?, 'ok', ?, ?, ?, ?, ?)",
+                        (frame_path(im.path, t), im.size, im.mtime_ns, im.width, im.height, now, video_id, float(t)))
+                    ids.append(int(cur.lastrowid))
+                    self._db.execute("INSERT INTO vectors(image_id, vector) VALUES (?, ?)", (cur.lastrowid, _blob(vector)))
         return ids
+
+    # -- videos ---------------------------------------------------------------------
+    def with_frames(self, ids: Iterable[int]) -> np.ndarray:
+        """`ids` plus the ids of the frame rows of those that are videos (what leaves the index with them)."""
+        ids = [int(i) for i in ids]
+        out = list(ids)
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            out.extend(r[0] for r in self._db.execute(
+                f"SELECT id FROM images WHERE video_id IN ({','.join('?' * len(chunk))})", chunk))
+        return np.array(out, dtype=np.int64)
+
+    def moments(self, ids: Iterable[int]) -> dict[int, tuple[int, float]]:
+        """{id: (video id, seconds)} for those of `ids` that are video frames (a video's own row included)."""
+        ids = [int(i) for i in ids]
+        out: dict[int, tuple[int, float]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            for image_id, video_id, t in self._db.execute(
+                    f"SELECT id, video_id, time FROM images WHERE time IS NOT NULL "
+                    f"AND id IN ({','.join('?' * len(chunk))})", chunk):
+                out[int(image_id)] = (int(video_id) if video_id is not None else int(image_id), float(t))
+        return out
+
+    def frames_of(self, video_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, seconds) of every frame of a video, in time order (its own row first)."""
+        rows = self._db.execute("SELECT id, time FROM images WHERE (id = ? OR video_id = ?) AND time IS NOT NULL "
+                                "ORDER BY time", (int(video_id), int(video_id))).fetchall()
+        return np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float64)
+
+    def count_videos(self) -> tuple[int, int]:
+        """(videos, their frame rows beyond each video's first) among the indexed files."""
+        videos = self._db.execute("SELECT COUNT(*) FROM images WHERE time IS NOT NULL AND video_id IS NULL "
+                                  "AND status='ok'").fetchone()[0]
+        frames = self._db.execute("SELECT COUNT(*) FROM images WHERE video_id IS NOT NULL").fetchone()[0]
+        return int(videos), int(frames)
 
     def add_failures(self, failures: Sequence[tuple[str, int, int, str]], *, stack: str | None = None) -> None:
         """Record files that could not be indexed as (path, size, mtime_ns, reason), so they aren't retried until they change.
@@ -456,6 +523,9 @@ class Catalog:
             if old != new:
                 self._db.execute("DELETE FROM images WHERE path=?", (new,))
                 self._db.execute("UPDATE images SET path=? WHERE path=?", (new, old))
+                # A video's frame rows follow it ("OLD#t=..." becomes "NEW#t=...").
+                self._db.execute("UPDATE images SET path = ? || substr(path, ?) WHERE video_id = "
+                                 "(SELECT id FROM images WHERE path = ?)", (new, len(old) + 1, new))
         return True
 
     def count(self, status: str | None = "ok") -> int:

@@ -21,7 +21,7 @@ for (`pip install 'clipsearch[distributed]'`). The flow, and who does what:
   search, rebuild and the UI work unchanged) and deleted;
 * the stages are the single machine's (`clipsearch.pipeline`): the actors run
   `read_file` (with the library's fact readers, pickled to them: see
-  `clipsearch.facts`) and `encode_batch`; the driver plans with `plan_sync` and stores
+  `clipsearch.facts`) and `encode_files`; the driver plans with `plan_sync` and stores
   with `store_chunk`, and back-fills missing facts of unchanged files in its own decode
   workers (no model) after the run;
 * an index of a trained kind (IVF-PQ, IVF-SQ, ...: whatever `choose_index` picks for the
@@ -64,7 +64,7 @@ from clipsearch.errors import ClipSearchError
 from clipsearch.facts import FactReader
 from clipsearch.indexer import backfill_facts
 from clipsearch.pipeline import (
-    FILE, RUNTIME, FileResult, IndexReport, SyncPlan, encode_batch, pixel_spec_of, plan_sync, read_file, store_chunk,
+    FILE, RUNTIME, FileResult, IndexReport, SyncPlan, encode_files, pixel_spec_of, plan_sync, read_file, store_chunk,
 )
 from clipsearch.scan import FileRecord
 
@@ -215,6 +215,10 @@ class Shard:
     vectors: np.ndarray        # (n, dim) float32; zeros for skipped files
     facts: list[Mapping[str, Any]] | None = None  # per row, from the fact readers (None: none at all)
     faults: list[str] | None = None  # per row, whose fault an error is (clipsearch.pipeline.faults); None: FILE
+    # Videos: per row, the sampled frames' times ("" for a photo, else JSON) and all their
+    # vectors (float32 bytes, one `dim` row per time); `vectors` holds the first frame's.
+    times: list[str] | None = None
+    frames: list[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -224,11 +228,16 @@ class Shard:
         out = []
         for i in rows:
             w, h = int(self.widths[i]), int(self.heights[i])
+            times = tuple(json.loads(self.times[i])) if self.times is not None and self.times[i] else ()
+            vector = None if self.errors[i] else self.vectors[i]
+            if times and vector is not None and self.frames is not None:
+                vector = np.frombuffer(self.frames[i], np.float32).reshape(len(times), -1)
             out.append(FileResult(FileRecord(self.paths[i], int(self.sizes[i]), int(self.mtimes[i])),
-                                  None if self.errors[i] else self.vectors[i],
+                                  vector,
                                   (w, h) if w >= 0 and h >= 0 else None,
                                   self.facts[i] if self.facts is not None else {}, self.errors[i] or None,
-                                  self.faults[i] if self.faults is not None and self.errors[i] else FILE))
+                                  self.faults[i] if self.faults is not None and self.errors[i] else FILE,
+                                  times=times))
         return out
 
 
@@ -266,6 +275,8 @@ def write_shard(path: Path, shard: Shard, *, model: str) -> None:
         "facts": pa.array([facts_to_json(f) for f in shard.facts] if shard.facts is not None else [""] * len(shard),
                           pa.string()),
         "fault": pa.array(shard.faults if shard.faults is not None else [FILE] * len(shard), pa.string()),
+        "times": pa.array(shard.times if shard.times is not None else [""] * len(shard), pa.string()),
+        "frames": pa.array(shard.frames if shard.frames is not None else [b""] * len(shard), pa.binary()),
     }).replace_schema_metadata({_META_MODEL: model.encode(), _META_DIM: str(dim).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path, "wb") as fh:
@@ -296,6 +307,8 @@ def read_shard(path: Path, *, dim: int, model: str | None = None) -> Shard | Non
             facts=([facts_from_json(f) for f in table.column("facts").to_pylist()]
                    if "facts" in table.column_names else None),
             faults=_faults_of(table),
+            times=table.column("times").to_pylist() if "times" in table.column_names else None,
+            frames=table.column("frames").to_pylist() if "frames" in table.column_names else None,
         )
     except Exception as exc:  # pyarrow raises several types for a damaged file
         log.warning("shard %s is unreadable (%s); its files will be embedded again", path, exc)
@@ -321,7 +334,7 @@ class _Embedder:
     In: batches of {path, size, mtime_ns}. Out: the same rows with width, height, error
     ("" when indexed), fault (whose fault the error is), embedding (zeros for a skipped
     file) and facts (JSON, see `facts_to_json`). The stages are the single machine's: `read_file` in a thread pool
-    (with the library's fact readers), then `encode_batch` batch by batch.
+    (with the library's fact readers), then `encode_files` batch by batch (a video brings a row per frame).
     """
 
     def __init__(self, encoder_spec: EncoderSpec, batch_size: int, threads: int,
@@ -344,15 +357,23 @@ class _Embedder:
         vectors = np.zeros((len(records), int(self.encoder.dim)), np.float32)
         errors = [d.error for d in decoded]
         faults = [d.fault for d in decoded]
+        times = [""] * len(decoded)
+        frames = [b""] * len(decoded)
         ok = [i for i, d in enumerate(decoded) if d.error is None]
         for start in range(0, len(ok), self.batch_size):
             rows = ok[start:start + self.batch_size]
-            vecs, errs = encode_batch(self.encoder, [decoded[i].model_input for i in rows], self.spec,
-                                      batch_size=self.batch_size)
-            for i, vec, err in zip(rows, vecs, errs):
-                vectors[i], errors[i] = vec, err
-                if err:
-                    faults[i] = RUNTIME
+            # A video brings one input per sampled frame; the store stage judges systematic faults.
+            results = encode_files(self.encoder, [decoded[i] for i in rows], self.spec, batch_size=self.batch_size,
+                                   check=False)
+            for i, result in zip(rows, results):
+                if result.error:
+                    errors[i], faults[i] = result.error, RUNTIME
+                elif result.times:
+                    vectors[i] = result.vector[0]
+                    times[i] = json.dumps(list(result.times))
+                    frames[i] = np.ascontiguousarray(result.vector, np.float32).tobytes()
+                else:
+                    vectors[i] = result.vector
         sizes = [d.original_size for d in decoded]
         return {
             "path": np.array([d.record.path for d in decoded], dtype=object),
@@ -364,6 +385,8 @@ class _Embedder:
             "embedding": vectors,
             "facts": np.array([facts_to_json(d.facts) for d in decoded], dtype=object),
             "fault": np.array(faults, dtype=object),
+            "times": np.array(times, dtype=object),
+            "frames": np.array(frames, dtype=object),
         }
 
 
@@ -552,7 +575,8 @@ def _embed(ray: Any, todo: Sequence[FileRecord], encoder: EncoderSpec, options: 
             yield Shard(paths=[str(p) for p in batch["path"]], sizes=batch["size"], mtimes=batch["mtime_ns"],
                         widths=batch["width"], heights=batch["height"], errors=errors,
                         vectors=np.asarray(batch["embedding"], np.float32),
-                        facts=[facts_from_json(f) for f in batch["facts"]], faults=[str(f) for f in batch["fault"]])
+                        facts=[facts_from_json(f) for f in batch["facts"]], faults=[str(f) for f in batch["fault"]],
+                        times=[str(t) for t in batch["times"]], frames=[bytes(f) for f in batch["frames"]])
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 

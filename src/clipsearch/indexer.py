@@ -35,7 +35,7 @@ from clipsearch.catalog import Catalog
 from clipsearch.facts import FactReader, default_readers
 from clipsearch.images import PixelSpec
 from clipsearch.index import VectorIndex
-from clipsearch.pipeline.encode import encode_batch, pixel_spec_of
+from clipsearch.pipeline.encode import encode_batch, encode_files, pixel_spec_of
 from clipsearch.pipeline.faults import FILE, READ, RUNTIME, SYSTEMATIC_MIN, check_systematic
 from clipsearch.pipeline.plan import IndexReport, SkippedFile, SyncPlan, plan_sync
 from clipsearch.pipeline.read import Decoded, read_facts_only, read_file
@@ -135,7 +135,7 @@ class Indexer:
         report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
 
         if gone:
-            gone_ids = np.array([row.id for row in gone], dtype=np.int64)
+            gone_ids = self.catalog.with_frames([row.id for row in gone])  # a video's frames go with it
             self._index_behind = True
             self.catalog.remove_images(gone_ids)
             self.index.remove(gone_ids)
@@ -211,15 +211,12 @@ class Indexer:
                 batch.append((n, d))
             else:
                 results.append(FileResult(d.record, error=d.error, fault=d.fault))
-            if batch and (len(batch) == self.batch_size or n == count - 1
-                          or (len(batch) >= early and not stream.next_ready())):
-                vectors, errors = encode_batch(self.encoder, [d.model_input for _, d in batch], spec,
-                                               batch_size=self.batch_size)
-                if all(errors):  # the same fault on every file: the model's, not theirs
-                    check_systematic([e or "" for e in errors], len(batch))
-                for (i, d), vector, error in zip(batch, vectors, errors):
-                    results[i] = (FileResult(d.record, error=error, fault=RUNTIME) if error else
-                                  FileResult(d.record, vector, d.original_size, d.facts))
+            inputs = sum(len(d.model_inputs) for _, d in batch)  # a video brings one per frame
+            if batch and (inputs >= self.batch_size or n == count - 1
+                          or (inputs >= early and not stream.next_ready())):
+                for i, result in zip((i for i, _ in batch), encode_files(self.encoder, [d for _, d in batch], spec,
+                                                                          batch_size=self.batch_size)):
+                    results[i] = result
                 batch = []
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]

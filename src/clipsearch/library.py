@@ -73,6 +73,8 @@ class LibraryInfo:
     index_recall_note: str = ""                                   # how index_recall was measured
     image_precision: str = "fp32"                                 # what encoded the vectors: fp32, int8 or mixed
     image_precision_note: str = ""                                # how close int8 and fp32 measured, when used
+    videos: int = 0                                               # indexed videos (counted in images)
+    video_frames: int = 0                                         # their sampled frames beyond each first
 
 
 def _pretrained_key(value: str | None) -> str:
@@ -598,9 +600,11 @@ class Library:
                                     ("rerank", self.vector_index.rerank_depth(10))) if v}
         if params.get("rerank") and recall is not None:
             note += f", top {params['rerank']} candidates re-ranked with the stored vectors"
+        videos, frames = self.catalog.count_videos()
         return LibraryInfo(
             folder=str(self.folder), model=self.model, pretrained=self.pretrained, dim=self.dim,
-            images=self.catalog.count("ok"), failed=self.catalog.count("error"), texts=self.catalog.text_count(),
+            images=self.catalog.count("ok") - frames, failed=self.catalog.count("error"),
+            texts=self.catalog.text_count(), videos=videos, video_frames=frames,
             index_kind=meta.kind, index_count=self.vector_index.ntotal, roots=self.roots(),
             last_report=json.loads(raw) if raw else None,
             index_factory=meta.factory, index_params={**meta.spec, **params},

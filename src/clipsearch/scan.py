@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from clipsearch.errors import PhotoRootError
 from clipsearch.images import SUPPORTED_EXTENSIONS
+from clipsearch.video import VIDEO_EXTENSIONS
+
+# What a scan lists by default: the photo formats this installation reads, and videos.
+INDEXED_EXTENSIONS: frozenset[str] = SUPPORTED_EXTENSIONS | VIDEO_EXTENSIONS
 
 __all__ = ["FileRecord", "ScanResult", "scan"]
 
@@ -43,7 +47,7 @@ def scan(
     root: str | os.PathLike[str],
     *,
     exclude: Iterable[str | os.PathLike[str]] = (),
-    extensions: Iterable[str] = SUPPORTED_EXTENSIONS,
+    extensions: Iterable[str] = INDEXED_EXTENSIONS,
     include_hidden: bool = False,
     follow_symlinks: bool = True,
 ) -> ScanResult:

@@ -20,6 +20,7 @@ from clipsearch.concepts import Concept, concept_from_row, resolve_text
 from clipsearch.errors import QueryError
 from clipsearch.images import is_supported, load_image
 from clipsearch.index import VectorIndex
+from clipsearch.moments import group_moments
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,11 +37,18 @@ _IMAGE_ID = re.compile(r"^#(\d+)$")
 
 @dataclass(frozen=True)
 class Hit:
-    """An image result: its path, cosine score and catalog id."""
+    """An image result: its path, cosine score and catalog id.
+
+    For a video, `path` is the video file, `id` its best-matching frame, `time` that
+    frame's second and `segment` the matching stretch (start, end) in seconds; both are
+    None for photos.
+    """
 
     path: str
     score: float
     id: int
+    time: float | None = None
+    segment: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,7 @@ class Searcher:
             # An id the catalog no longer has is a stale index entry (another process is
             # writing): never return it, and look further so it does not cost a result.
             hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
+            hits = group_moments(self.catalog, hits, vector, self.index.dim, exclude=excluded)  # a video once
             below_min = min_score is not None and bool(found) and found[-1][0] < min_score
             if len(hits) >= k or len(found) < fetch or below_min:
                 return hits[:k]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from clipsearch.errors import ClipSearchError, LibraryLockedError, PhotoRootError
-from clipsearch.images import SUPPORTED_EXTENSIONS
+from clipsearch.scan import INDEXED_EXTENSIONS
 
 if TYPE_CHECKING:
     from clipsearch.indexer import IndexReport
@@ -324,7 +324,7 @@ class Watcher:
     def _relevant(self, path: str, is_directory: bool) -> bool:
         if any(_is_under(path, p) for p in self._ignored):
             return False  # the library's own files (a library inside a photo root), and --exclude
-        return is_directory or os.path.splitext(path)[1].lower() in SUPPORTED_EXTENSIONS
+        return is_directory or os.path.splitext(path)[1].lower() in INDEXED_EXTENSIONS
 
     @staticmethod
     def _hidden_under(path: str, root: str) -> bool:

@@ -57,6 +57,11 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
         label = getattr(h, "path", None) or getattr(h, "text", "")
         if getattr(h, "kind", "text") == "concept":
             label += "  (concept)"
+        segment = getattr(h, "segment", None)
+        if segment is not None:  # a video: where in it
+            from clipsearch.video import format_time
+
+            label += f" @ {format_time(segment[0])}–{format_time(segment[1])}"
         print(f"{h.score:.4f}  {label}")
 
 
@@ -243,6 +248,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"library:   {info.folder}")
         print(f"model:     {info.model} / {info.pretrained or 'random weights'} ({info.dim}-d)")
         print(f"images:    {info.images} indexed, {info.failed} skipped")
+        if info.videos:
+            print(f"videos:    {info.videos} of the indexed, {info.videos + info.video_frames} moments sampled")
         print(f"texts:     {info.texts}")
         print(f"vectors:   {info.image_precision} ({info.image_precision_note})")
         print(f"index:     {_index_line(lib)}")

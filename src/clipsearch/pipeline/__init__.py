@@ -21,7 +21,7 @@ A new per-file field is a `FactReader` (see `clipsearch.facts`): no executor cha
 """
 from __future__ import annotations
 
-from clipsearch.pipeline.encode import encode_batch, pixel_spec_of
+from clipsearch.pipeline.encode import encode_batch, encode_files, pixel_spec_of
 from clipsearch.pipeline.faults import FILE, READ, RUNTIME, check_systematic
 from clipsearch.pipeline.plan import IndexReport, SkippedFile, SyncPlan, plan_sync
 from clipsearch.pipeline.read import Decoded, read_facts_only, read_file
@@ -29,6 +29,6 @@ from clipsearch.pipeline.store import FileResult, store_chunk
 
 __all__ = [
     "FILE", "READ", "RUNTIME", "Decoded", "FileResult", "IndexReport", "SkippedFile", "SyncPlan", "check_systematic",
-    "encode_batch", "pixel_spec_of", "plan_sync",
+    "encode_batch", "encode_files", "pixel_spec_of", "plan_sync",
     "read_facts_only", "read_file", "store_chunk",
 ]

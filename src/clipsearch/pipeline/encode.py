@@ -15,6 +15,8 @@ from clipsearch.images import PixelSpec
 
 if TYPE_CHECKING:
     from clipsearch.encoder import Encoder
+    from clipsearch.pipeline.read import Decoded
+    from clipsearch.pipeline.store import FileResult
 
 log = logging.getLogger(__name__)
 
@@ -61,4 +63,34 @@ def encode_batch(encoder: "Encoder", inputs: Sequence[Any], spec: PixelSpec | No
     return vectors, errors
 
 
-__all__ = ["encode_batch", "pixel_spec_of"]
+def encode_files(encoder: "Encoder", files: Sequence["Decoded"], spec: PixelSpec | None, *, batch_size: int = 64,
+                 check: bool = True) -> list["FileResult"]:
+    """Read files (none failed) through `encode_batch` to one `FileResult` each: a photo's vector, or a video's
+    frame vectors (one row per `Decoded.times`). A video any of whose frames failed fails as a whole (RUNTIME).
+
+    When every input fails the same way, `faults.check_systematic` raises (unless not `check`:
+    the Ray path leaves that to its store stage).
+    """
+    from clipsearch.pipeline.faults import RUNTIME, check_systematic
+    from clipsearch.pipeline.store import FileResult
+
+    inputs = [x for d in files for x in d.model_inputs]
+    vectors, errors = encode_batch(encoder, inputs, spec, batch_size=batch_size)
+    if check and errors and all(errors):  # the same fault on every file: the model's, not theirs
+        check_systematic([e or "" for e in errors], len(errors))
+    results: list[FileResult] = []
+    at = 0
+    for d in files:
+        n = len(d.model_inputs)
+        error = next((e for e in errors[at:at + n] if e), None)
+        if error:
+            results.append(FileResult(d.record, error=error, fault=RUNTIME))
+        elif d.times:
+            results.append(FileResult(d.record, vectors[at:at + n], d.original_size, d.facts, times=d.times))
+        else:
+            results.append(FileResult(d.record, vectors[at], d.original_size, d.facts))
+        at += n
+    return results
+
+
+__all__ = ["encode_batch", "encode_files", "pixel_spec_of"]

@@ -18,6 +18,7 @@ from clipsearch.facts import FactReader, read_facts
 from clipsearch.images import PixelSpec, load_image, to_pixels
 from clipsearch.pipeline.faults import FILE, READ, RUNTIME
 from clipsearch.scan import FileRecord
+from clipsearch.video import VideoLimits, is_video, sample_frames
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -36,6 +37,10 @@ class Decoded:
     error: str | None = None
     fault: str = FILE  # whose fault the error is (clipsearch.pipeline.faults)
     facts: Mapping[str, Any] = field(default_factory=dict)
+    # A video: its sampled frames' times and model inputs (pixels when a spec is given, else
+    # images), one each; `pixels`/`image` stay None.
+    times: tuple[float, ...] = ()
+    frames: tuple[Any, ...] = ()
 
     @property
     def retry(self) -> bool:
@@ -47,10 +52,20 @@ class Decoded:
         """What the encode stage takes: the pixels when there are, else the image."""
         return self.pixels if self.pixels is not None else self.image
 
+    @property
+    def model_inputs(self) -> list[Any]:
+        """Every input the file contributes to the encode stage: one for a photo, one per sampled frame for a video."""
+        return list(self.frames) if self.times else [self.model_input]
+
 
 def read_file(record: FileRecord, target_size: int | None, spec: PixelSpec | None,
               readers: Sequence[FactReader] = ()) -> Decoded:
-    """Runs in a decode worker: the file as model pixels (when `spec` is given) or as an image, and its facts."""
+    """Runs in a decode worker: the file as model pixels (when `spec` is given) or as an image, and its facts.
+
+    A video (`clipsearch.video.is_video`) gives its sampled frames instead (`Decoded.times`, `.frames`).
+    """
+    if is_video(record.path):
+        return read_video(record, target_size, spec, readers)
     try:
         image = load_image(record.path, target_size=target_size)
     except ImageLoadError as exc:
@@ -72,6 +87,31 @@ def read_file(record: FileRecord, target_size: int | None, spec: PixelSpec | Non
         return Decoded(record, error=f"could not encode: {exc}", fault=RUNTIME)
 
 
+def read_video(record: FileRecord, target_size: int | None, spec: PixelSpec | None,
+               readers: Sequence[FactReader] = (), limits: VideoLimits | None = None) -> Decoded:
+    """Runs in a decode worker: a video's sampled frames (`clipsearch.video.sample_frames`) as model inputs.
+
+    The facts come from the readers with the first frame as the image; the video's own
+    capture time and duration are added where a reader declares those columns.
+    """
+    try:
+        info, frames = sample_frames(record.path, limits or VideoLimits(), target_size=target_size)
+    except ImageLoadError as exc:
+        return Decoded(record, error=exc.reason, fault=READ if exc.transient else FILE)
+    except Exception as exc:  # a decoder bug must cost one file, not the run
+        log.warning("unexpected error decoding video %s", record.path, exc_info=True)
+        return Decoded(record, error=f"unexpected error: {exc}", fault=RUNTIME)
+    if info.truncated:
+        log.warning("%s: %s; indexed %d frames up to there", record.path, info.truncated, len(frames))
+    try:
+        inputs = tuple(to_pixels(f.image, spec) if spec is not None else f.image for f in frames)
+    except Exception as exc:
+        return Decoded(record, error=f"could not encode: {exc}", fault=RUNTIME)
+    facts = read_facts(readers, record.path, frames[0].image) if readers else {}
+    return Decoded(record, original_size=(info.width, info.height), facts=facts,
+                   times=tuple(f.time for f in frames), frames=inputs)
+
+
 def read_facts_only(record: FileRecord, target_size: int | None, spec: PixelSpec | None,
                     readers: Sequence[FactReader] = ()) -> Decoded:
     """Runs in a decode worker for a back-fill: the file's facts only (no pixels), the image decoded for the readers.
@@ -90,4 +130,4 @@ def read_facts_only(record: FileRecord, target_size: int | None, spec: PixelSpec
     return Decoded(record, facts=read_facts(readers, record.path, image))
 
 
-__all__ = ["Decoded", "read_facts_only", "read_file"]
+__all__ = ["Decoded", "read_facts_only", "read_file", "read_video"]

@@ -31,6 +31,7 @@ class FileResult:
     facts: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     fault: str = FILE  # clipsearch.pipeline.faults; an encode failure is RUNTIME
+    times: tuple[float, ...] = ()  # a video: its frames' times, one row of `vector` each
 
     @property
     def retry(self) -> bool:
@@ -59,8 +60,10 @@ def store_chunk(catalog: "Catalog", index: "VectorIndex | None", results: Sequen
     if not encoded:
         check_systematic([r.error or "" for r in results if r.error is not None and r.fault == RUNTIME], len(results))
     replaced = [known[r.record.path].id for r in (*encoded, *own) if r.record.path in known]
+    if replaced:
+        replaced = [int(i) for i in catalog.with_frames(replaced)]  # a replaced video's frames leave with it
     new_rows = [NewImage(r.record.path, r.record.size, r.record.mtime_ns, r.vector, *(r.original_size or (None, None)),
-                         facts=r.facts) for r in encoded]
+                         facts=r.facts, times=r.times) for r in encoded]
     with catalog.transaction():
         ids = catalog.add_images(new_rows)
         catalog.add_failures([(r.record.path, r.record.size, r.record.mtime_ns, r.error or "unknown error")
@@ -69,7 +72,8 @@ def store_chunk(catalog: "Catalog", index: "VectorIndex | None", results: Sequen
         if replaced:
             index.remove(np.array(replaced, dtype=np.int64))
         if new_rows:
-            index.add(np.array(ids, dtype=np.int64), np.stack([np.asarray(im.vector, np.float32) for im in new_rows]))
+            index.add(np.array(ids, dtype=np.int64),
+                      np.concatenate([np.atleast_2d(np.asarray(im.vector, np.float32)) for im in new_rows]))
     for r in encoded:
         if r.record.path in known:
             report.updated += 1

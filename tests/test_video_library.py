@@ -1,0 +1,97 @@
+"""Videos in a library: indexed as moments beside photos, found once at the right moment, kept in step."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("av")
+
+from fakes import COLOURS, FakeEncoder, write_colour_photos  # noqa: E402
+from test_video import write_clip  # noqa: E402
+
+from clipsearch import Library  # noqa: E402
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    photos = tmp_path / "photos"
+    write_colour_photos(photos, ["red", "yellow", "purple"])
+    # red 0-3 s, blue 3-6 s, green 6-9 s
+    write_clip(photos / "trip.mp4", [COLOURS["red"], COLOURS["blue"], COLOURS["green"]], seconds_each=3.0, keyint=300)
+    (photos / "fake.mp4").write_bytes(b"\xff\xd8 not a video at all")
+    return photos
+
+
+def test_video_is_indexed_as_moments_and_found_once_at_its_moment(tmp_path: Path, folder: Path) -> None:
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        report = lib.index(folder)
+        assert report.added == 4  # three photos and the video
+        assert [s.path for s in report.skipped] == [str(folder / "fake.mp4")]
+        info = lib.info()
+        assert (info.images, info.videos) == (4, 1) and info.video_frames >= 3
+        assert lib.vector_index.ntotal == 3 + 1 + info.video_frames
+
+        hits = lib.search("blue", k=3)
+        assert hits[0].path == str(folder / "trip.mp4")
+        assert 3.0 <= hits[0].time < 6.0
+        start, end = hits[0].segment
+        assert start < 6.0 and end > 3.0 and end - start < 6.0  # the blue stretch, not the whole clip
+        assert [h.path for h in hits].count(str(folder / "trip.mp4")) == 1
+        red = lib.search("red", k=5)
+        assert {h.path for h in red[:2]} == {str(folder / "red.jpg"), str(folder / "trip.mp4")}
+        assert all(h.time is None and h.segment is None for h in red if h.path.endswith(".jpg"))
+        trip = next(h for h in red if h.path.endswith("trip.mp4"))
+        assert trip.segment[0] < 3.0
+
+        # More like this from a moment: other files, never its own video.
+        similar = lib.search_image(hits[0].id, k=5)
+        assert all(h.path != str(folder / "trip.mp4") for h in similar)
+
+
+def test_video_changes_and_removal_keep_index_and_catalog_in_step(tmp_path: Path, folder: Path) -> None:
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        lib.index(folder)
+        before = lib.info().video_frames
+        clip = folder / "trip.mp4"
+        write_clip(clip, [COLOURS["yellow"]] * 2, seconds_each=2.0, keyint=300)  # different bytes, shorter
+        os.utime(clip, ns=(1, 1))
+        report = lib.index(folder)
+        assert report.updated == 1
+        info = lib.info()
+        assert info.videos == 1 and info.video_frames < before
+        assert lib.vector_index.ntotal == 3 + 1 + info.video_frames
+        assert lib.search("blue", k=1)[0].path != str(clip)  # no stale frame of the old content
+
+        clip.unlink()
+        report = lib.index(folder)
+        assert report.removed == 1
+        info = lib.info()
+        assert (info.images, info.videos, info.video_frames) == (3, 0, 0)
+        assert lib.vector_index.ntotal == 3
+        assert lib.catalog.count("ok") == 3
+
+
+def test_cli_prints_the_moment(capsys: pytest.CaptureFixture[str]) -> None:
+    from clipsearch.cli.core import _print_hits
+    from clipsearch.search import Hit
+
+    _print_hits([Hit("/p/trip.mp4", 0.5, 7, time=42.0, segment=(41.0, 47.4)), Hit("/p/a.jpg", 0.4, 1)], False)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["0.5000  /p/trip.mp4 @ 00:00:41–00:00:47", "0.4000  /p/a.jpg"]
+    _print_hits([Hit("/p/trip.mp4", 0.5, 7, time=42.0, segment=(41.0, 47.4))], True)
+    import json
+
+    assert json.loads(capsys.readouterr().out)[0] | {} == {"path": "/p/trip.mp4", "score": 0.5, "id": 7, "time": 42.0,
+                                                          "segment": [41.0, 47.4]}
+
+
+def test_frames_never_look_like_files_to_a_sync(tmp_path: Path, folder: Path) -> None:
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        lib.index(folder)
+        again = lib.index(folder)
+        assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 4)
+        frames = np.array(sorted(lib.catalog.moments(lib.catalog.ok_ids())))
+        assert len(frames) == 1 + lib.info().video_frames
