@@ -217,3 +217,20 @@ def test_frame_at_shows_the_moment(tmp_path: Path) -> None:
     for t, want in ((0.5, 0), (3.1, 1), (5.5, 2)):
         mean = np.asarray(frame_at(clip, t))[:, -4:].reshape(-1, 3).mean(axis=0)
         assert int(np.argmin(((np.array(colours) - mean) ** 2).sum(axis=1))) == want
+
+
+def test_load_picture_shows_a_frame_row_its_moment(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from clipsearch.video import frame_path, load_picture, split_frame_path
+
+    clip = write_clip(tmp_path / "two.mp4", [(200, 30, 30), (30, 30, 200)], seconds_each=2.0)
+    row = frame_path(str(clip), 3.0)
+    assert split_frame_path(row) == (str(clip), 3.0) and split_frame_path(str(clip)) == (str(clip), None)
+    assert split_frame_path("/a/b#t=x.jpg") == ("/a/b#t=x.jpg", None)
+    r, g, b = np.asarray(load_picture(row))[:, -4:].reshape(-1, 3).mean(axis=0)
+    assert b > 150 > r
+    r, g, b = np.asarray(load_picture(str(clip)))[:, -4:].reshape(-1, 3).mean(axis=0)
+    assert r > 150 > b  # a video's own row: its first frame
+    Image.new("RGB", (8, 8), "green").save(tmp_path / "g.png")
+    assert load_picture(str(tmp_path / "g.png")).getpixel((1, 1))[1] > 100

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, LibraryLockedError, QueryError
 from clipsearch.images import is_supported, load_image
+from clipsearch.video import is_video, split_frame_path
 
 from clipsearch_ui.paging import stable_top
 from clipsearch_ui.thumbs import THUMB_SIZES, Thumbnails, snap_size
@@ -77,6 +78,11 @@ class Hit(_Model):
     height: int | None
     taken_at: str | None = Field(description="capture time, ISO 8601, when the library knows it")
     thumb_url: str = Field(description="this photo's thumbnail, on this server")
+    time: float | None = Field(None, description="a video: the second of its best-matching moment (null for photos)")
+    segment: list[float] | None = Field(None, description="a video: [start, end] seconds of the matching stretch")
+    moments: list[list[float]] = Field(default_factory=list,
+                                       description="a video: other stretches that match almost as well")
+    video_url: str | None = Field(None, description="a video: the file, by id, with range requests (seekable)")
 
 
 class SearchResponse(_Model):
@@ -275,10 +281,14 @@ class PhotoApi:
             row = rows[h.id]
             if row is None:  # removed since the search (another process is writing)
                 continue
-            root, rel = split_root(row.path, roots)
+            root, rel = split_root(h.path, roots)  # a video's hit names the video, not its frame row
             score = None if h.score is None else round(float(h.score), 6)
+            video = getattr(h, "segment", None) is not None
             out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
-                           height=row.height, taken_at=None, thumb_url=self.thumb_url(h.id)))
+                           height=row.height, taken_at=None, thumb_url=self.thumb_url(h.id),
+                           time=h.time if video else None, segment=list(h.segment) if video else None,
+                           moments=[list(m) for m in h.moments] if video else [],
+                           video_url=f"{API_PREFIX}/photos/{h.id}/video" if video else None))
         return out
 
     def _page(self, run: Callable[[int], list["LibraryHit"]], query: str | None, k: int,
@@ -353,6 +363,20 @@ class PhotoApi:
             raise ApiError(404, "file_gone", f"photo {row.id} is no longer readable where it was indexed; "
                                              "re-index its folder")
         return real, mimetypes.guess_type(real)[0] or "application/octet-stream"
+
+    def video(self, image_id: int) -> str:
+        """The video file a video's row (or one of its frames) comes from, checked as `original` checks."""
+        with self.lock:
+            row = self._row(image_id)
+            roots = self.library.roots()
+        path, _ = split_frame_path(row.path)
+        real = os.path.realpath(path)
+        if not is_video(real):
+            raise ApiError(404, "not_a_video", f"item {row.id} is a photo, not a video: use /thumb")
+        if not (os.path.isfile(real) and any(real.startswith(os.path.realpath(r).rstrip("/") + "/") for r in roots)):
+            raise ApiError(404, "file_gone", f"video {row.id} is no longer readable where it was indexed; "
+                                             "re-index its folder")
+        return real
 
     def texts(self, offset: int, limit: int) -> TextsResponse:
         with self.lock:
@@ -457,7 +481,8 @@ def build_api(library: "Library", *, access: Access | None = None, lock: threadi
                     max_upload_bytes=max_upload_bytes)
 
     def authorised(request: Request) -> None:
-        if not access.allows(request, ui_asset=request.url.path.endswith("/thumb") and request.method == "GET"):
+        asset = request.url.path.endswith(("/thumb", "/video"))  # what the UI's page itself shows
+        if not access.allows(request, ui_asset=asset and request.method == "GET"):
             raise ApiError(401, "unauthorized", "send `Authorization: Bearer TOKEN` (the server's API token) "
                                                 "or log in to the web UI first")
 
@@ -569,6 +594,12 @@ def build_api(library: "Library", *, access: Access | None = None, lock: threadi
         """The original file, as indexed. Only when the server runs with `--serve-originals` (else 404)."""
         path, media_type = impl.original(image_id)
         return FileResponse(path, media_type=media_type, headers={"Cache-Control": "private, no-cache"})
+
+    @api.get("/photos/{image_id}/video", response_class=FileResponse, responses=NOT_FOUND,
+             summary="A video's file (seekable: HTTP range requests)")
+    def video(image_id: int = PHOTO_ID) -> FileResponse:
+        path = impl.video(image_id)
+        return FileResponse(path, media_type=mimetypes.guess_type(path)[0] or "video/mp4")
 
     @api.get("/texts", response_model=TextsResponse, summary="The text collection")
     def texts(offset: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10_000)) -> TextsResponse:

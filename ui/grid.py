@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import gradio as gr
 
+from clipsearch.video import format_time
+
 TEMPLATE = """
 <div class="cs-grid" tabindex="0" role="listbox" aria-label="Results" data-count="{{value.hits.length}}">
 {{#each value.hits}}
@@ -102,6 +104,8 @@ def grid_value(shown: Sequence[dict], selected: int | None = None, *, more: bool
     hits = []
     for i, s in enumerate(shown):
         name = os.path.basename(s["path"])
+        if s.get("segment"):  # a video: the play mark and the moment
+            name = f"▶ {name} @ {format_time(s['segment'][0])}"
         score = "" if s["score"] is None else f"{s['score']:.3f}"
         hits.append({"id": int(s["id"]), "name": name, "score": score,
                      "title": f"{name} · #{s['id']}" + (f" · score {score}" if score else ""),

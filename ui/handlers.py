@@ -21,6 +21,7 @@ import numpy as np
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
 from clipsearch.images import is_supported, load_image
+from clipsearch.video import format_time, is_video, split_frame_path
 from clipsearch.search import parse_query
 
 from clipsearch_ui import explore
@@ -31,6 +32,7 @@ from clipsearch_ui.thumbs import THUMB_SIZES, Thumbnails
 if TYPE_CHECKING:
     from PIL import Image
 
+    from clipsearch.catalog import ImageRow
     from clipsearch.library import Library
     from clipsearch.search import Hit
 
@@ -169,7 +171,9 @@ class Handlers:
         seen = {s["id"] for s in shown}
         page = [h for h in hits[len(shown):len(shown) + k] if h.id not in seen]
         more = len(hits) > len(shown) + k
-        shown += [{"id": h.id, "path": h.path, "score": None if h.score is None else float(h.score)} for h in page]
+        shown += [{"id": h.id, "path": h.path, "score": None if h.score is None else float(h.score),
+                   **({"segment": list(h.segment), "moments": [list(m) for m in h.moments]}
+                      if getattr(h, "segment", None) is not None else {})} for h in page]
         if shown:
             status = f"**{len(shown)}** photo{'s' if len(shown) != 1 else ''} for {what}"
             status += " · more below" if more else ""
@@ -298,7 +302,7 @@ class Handlers:
         if not shown or index is None:
             return PhotoOutput(NO_PHOTO, "", None)
         index = max(0, min(len(shown) - 1, int(index)))
-        return self.photo(shown[index]["id"])._replace(index=index)
+        return self.photo(shown[index]["id"], moment=shown[index])._replace(index=index)
 
     def step(self, shown: Shown | None, index: int | None, delta: int, more: bool = False) -> tuple[PhotoOutput, dict]:
         """The previous (-1) or next (+1) photo of the results, and the grid with it highlighted."""
@@ -307,8 +311,12 @@ class Handlers:
         index = 0 if index is None else max(0, min(len(shown) - 1, int(index) + int(delta)))
         return self.select(shown, index), grid_value(shown, index, more=more)
 
-    def photo(self, image_id: int | None) -> PhotoOutput:
-        """An indexed photo, larger, and its facts: id, name, folder, pixels, size, date."""
+    def photo(self, image_id: int | None, *, moment: dict | None = None) -> PhotoOutput:
+        """An indexed photo, larger, and its facts: id, name, folder, pixels, size, date.
+
+        A video's moment (a result with a "segment", and its other good "moments") plays
+        from the start of the segment, with the other moments to jump to.
+        """
         if image_id is None:
             return PhotoOutput(NO_PHOTO, "", None)
         with self._lib() as lib:
@@ -316,9 +324,12 @@ class Handlers:
             if row is None:
                 return PhotoOutput(NO_PHOTO, f"⚠️ No indexed photo with id {int(image_id)}.", None)
             roots = lib.roots()
-        root = max((r for r in roots if row.path.startswith(r.rstrip("/") + "/")), key=len, default=None)
-        folder = os.path.relpath(os.path.dirname(row.path), os.path.dirname(root)) if root else os.path.dirname(row.path)
-        name = os.path.basename(row.path)
+        path, seconds = split_frame_path(row.path)
+        root = max((r for r in roots if path.startswith(r.rstrip("/") + "/")), key=len, default=None)
+        folder = os.path.relpath(os.path.dirname(path), os.path.dirname(root)) if root else os.path.dirname(path)
+        name = os.path.basename(path)
+        if is_video(path):
+            return self._video(row, name, folder, seconds or 0.0, moment or {})
         dims = f"{row.width} × {row.height} px" if row.width and row.height else "size unknown"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.mtime_ns / 1e9))
         size = human_bytes(row.size) + (f" ({row.size:,} bytes)" if row.size >= 1024 else "")
@@ -329,6 +340,25 @@ class Handlers:
         image = (f'<a href="{url}" target="_blank" rel="noopener" title="open larger">'
                  f'<img src="{url}" alt="{html.escape(name)}" data-id="{row.id}"></a>')
         return PhotoOutput(image, details, row.id)
+
+    def _video(self, row: "ImageRow", name: str, folder: str, seconds: float, moment: dict) -> PhotoOutput:
+        """A video in the detail panel: played from its moment (served by id, seekable), other moments to jump to."""
+        start, end = moment.get("segment") or (seconds, seconds)
+        url = f"/api/photos/{row.id}/video"
+        poster = f"/api/photos/{row.id}/thumb?size={PREVIEW_THUMB}"
+        jumps = [(start, end)] + [tuple(m) for m in moment.get("moments", [])]
+        links = " ".join(
+            f'<button type="button" class="cs-moment" data-t="{a:.2f}" '
+            "onclick=\"const v=this.closest('.cs-video').querySelector('video');"
+            f"v.currentTime={a:.2f};v.play()\">"
+            f"▶ {format_time(a)}–{format_time(b)}</button>" for a, b in jumps)
+        player = (f'<div class="cs-video"><video controls preload="metadata" playsinline poster="{poster}" '
+                  f'src="{url}#t={start:.2f}" data-id="{row.id}" style="max-width:100%"></video>'
+                  f'<div class="cs-moments">{links}</div></div>')
+        dims = f"{row.width} × {row.height} px" if row.width and row.height else "size unknown"
+        details = (f"**{_md(name)}** · id **#{row.id}** · ▶ **{format_time(start)}–{format_time(end)}**  \n"
+                   f"{code_span(folder)}  \n{dims} · {human_bytes(row.size)}")
+        return PhotoOutput(player, details, row.id)
 
     # -- describe (image → text) ----------------------------------------------------------
     def describe(self, source: dict | None, k: int = 8) -> DescribeOutput:

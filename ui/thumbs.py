@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from clipsearch.atomic import atomic_writer
 from clipsearch.errors import ImageLoadError
-from clipsearch.images import load_image
+from clipsearch.video import load_picture  # a photo, or a video's frame
 
 if TYPE_CHECKING:
     from clipsearch.catalog import ImageRow
@@ -85,7 +85,7 @@ class Thumbnails:
         if dest.exists():
             return dest
         try:
-            image = load_image(row.path, target_size=size)
+            image = load_picture(row.path, target_size=size)
         except ImageLoadError as exc:
             log.warning("no thumbnail for %s", exc)
             return self._placeholder()
@@ -117,7 +117,7 @@ class Thumbnails:
         row = self.row(image_id)
         if row is None:
             raise KeyError(image_id)
-        image = load_image(row.path, target_size=max_side)
+        image = load_picture(row.path, target_size=max_side)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         return image
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from clipsearch.errors import CatalogError, SchemaVersionError
+from clipsearch.video import frame_path
 
 if TYPE_CHECKING:
     from clipsearch.facts import FactReader
@@ -116,11 +117,6 @@ class NewImage:
     # (`video_id` names the video, `path` is "VIDEO#t=SECONDS"), so the index and every
     # search treat a moment like a photo (clipsearch.moments groups them back).
     times: tuple[float, ...] = ()
-
-
-def frame_path(video_path: str, seconds: float) -> str:
-    """The catalog path of a video's frame row: never a file, never listed by a scan."""
-    return f"{video_path}#t={seconds:.3f}"
 
 
 # The images table's own columns; every other column of it belongs to a fact reader.

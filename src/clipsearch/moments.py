@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # 0.03 gives segments that overlap the true scene in 0.97 of caption queries
 # (bench/bench_video.py).
 SEGMENT_DROP = 0.03
+# Another stretch whose best frame scores within this much of the video's best is listed too.
+OTHER_DROP = 0.05
 
 
 def group_moments(catalog: "Catalog", hits: Sequence["Hit"], query: np.ndarray | None, dim: int, *,
@@ -60,13 +62,31 @@ def _moment_hit(catalog: "Catalog", hit: "Hit", video_id: int, seconds: float, q
     video = catalog.get_image(video_id)
     path = video.path if video is not None else hit.path.split("#t=")[0]
     segment = (seconds, seconds)
+    others: list[tuple[float, float]] = []
     if query is not None and len(ids):
         stored = catalog.vectors_for(ids, dim)
         if all(int(i) in stored for i in ids):
             scores = np.stack([stored[int(i)] for i in ids]) @ np.asarray(query, np.float32)
             best = int(np.flatnonzero(ids == hit.id)[0]) if hit.id in ids else int(np.argmax(scores))
             segment = segment_around(times, scores, best, drop=SEGMENT_DROP, duration=_duration(times))
-    return replace(hit, path=path, time=seconds, segment=segment)
+            others = _other_moments(times, scores, segment, float(scores[best]))
+    return replace(hit, path=path, time=seconds, segment=segment, moments=tuple(others))
+
+
+def _other_moments(times: np.ndarray, scores: np.ndarray, best_segment: tuple[float, float], best: float,
+                   *, most: int = 3) -> list[tuple[float, float]]:
+    """Other stretches of the video that match almost as well (peaks within OTHER_DROP of the best), best first."""
+    taken = [best_segment]
+    out: list[tuple[float, float]] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if len(out) >= most or scores[i] < best - OTHER_DROP:
+            break
+        if any(a <= times[i] <= b for a, b in taken):
+            continue
+        segment = segment_around(times, scores, int(i), drop=SEGMENT_DROP, duration=_duration(times))
+        taken.append(segment)
+        out.append(segment)
+    return out
 
 
 def _duration(times: np.ndarray) -> float:

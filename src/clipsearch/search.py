@@ -49,6 +49,7 @@ class Hit:
     id: int
     time: float | None = None
     segment: tuple[float, float] | None = None
+    moments: tuple[tuple[float, float], ...] = ()  # a video's other good stretches, best first
 
 
 @dataclass(frozen=True)

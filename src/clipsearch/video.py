@@ -38,6 +38,33 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS: frozenset[str] = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".3gp"})
 
 
+def frame_path(video_path: str, seconds: float) -> str:
+    """The catalog path of a video's frame row ("VIDEO#t=SECONDS"): never a file, never listed by a scan."""
+    return f"{video_path}#t={seconds:.3f}"
+
+
+def split_frame_path(path: str) -> tuple[str, float | None]:
+    """(video path, seconds) of a frame row's path; (path, None) for anything else."""
+    head, sep, tail = path.rpartition("#t=")
+    if sep and is_video(head):
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return path, None
+
+
+def load_picture(path: str, *, target_size: int | None = None) -> "Image.Image":
+    """What a catalog row shows, as an RGB image: a photo decoded by `images.load_image`, a video's
+    frame row its frame, a video's own row its first frame. Raises ImageLoadError."""
+    from clipsearch.images import load_image
+
+    video, seconds = split_frame_path(path)
+    if seconds is not None or is_video(path):
+        return frame_at(video, seconds or 0.0, target_size=target_size)
+    return load_image(path, target_size=target_size)
+
+
 def is_video(path: str | os.PathLike[str]) -> bool:
     """True when the file's extension is a video container clipsearch indexes."""
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
