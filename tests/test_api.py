@@ -259,10 +259,11 @@ def test_the_schema_matches_the_contract_in_docs(api):
     assert paths == {("/search", "get"), ("/search/image", "post"), ("/photos/{image_id}", "get"),
                      ("/photos/{image_id}/similar", "get"), ("/photos/{image_id}/describe", "get"),
                      ("/photos/{image_id}/thumb", "get"), ("/photos/{image_id}/original", "get"),
-                     ("/texts", "get"), ("/texts", "post"), ("/info", "get")}
+                     ("/photos/{image_id}/video", "get"), ("/texts", "get"), ("/texts", "post"), ("/info", "get")}
     assert served["servers"] == [{"url": "/api"}]
     hit = served["components"]["schemas"]["Hit"]
-    assert set(hit["properties"]) == {"id", "path", "root", "score", "width", "height", "taken_at", "thumb_url"}
+    assert set(hit["properties"]) == {"id", "path", "root", "score", "width", "height", "taken_at", "thumb_url",
+                                      "time", "segment", "moments", "video_url"}
     # Every operation documents the error shape.
     for route, ops in served["paths"].items():
         for method, op in ops.items():

@@ -84,8 +84,8 @@ def test_cli_prints_the_moment(capsys: pytest.CaptureFixture[str]) -> None:
     _print_hits([Hit("/p/trip.mp4", 0.5, 7, time=42.0, segment=(41.0, 47.4))], True)
     import json
 
-    assert json.loads(capsys.readouterr().out)[0] | {} == {"path": "/p/trip.mp4", "score": 0.5, "id": 7, "time": 42.0,
-                                                          "segment": [41.0, 47.4]}
+    assert json.loads(capsys.readouterr().out)[0] == {"path": "/p/trip.mp4", "score": 0.5, "id": 7, "time": 42.0,
+                                                      "segment": [41.0, 47.4], "moments": []}
 
 
 def test_frames_never_look_like_files_to_a_sync(tmp_path: Path, folder: Path) -> None:
@@ -95,3 +95,26 @@ def test_frames_never_look_like_files_to_a_sync(tmp_path: Path, folder: Path) ->
         assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 4)
         frames = np.array(sorted(lib.catalog.moments(lib.catalog.ok_ids())))
         assert len(frames) == 1 + lib.info().video_frames
+
+
+def test_api_serves_the_moment_and_the_video_by_id(tmp_path: Path, folder: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from clipsearch_ui.api import build_api
+
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        lib.index(folder)
+        with TestClient(build_api(lib), base_url="http://127.0.0.1") as api:
+            hit = api.get("/search", params={"q": "blue", "k": 2}).json()["hits"][0]
+            assert hit["path"] == "trip.mp4" and 3.0 <= hit["time"] < 6.0
+            assert hit["segment"][0] < 6.0 < hit["segment"][1] + 3.0 and hit["video_url"].endswith("/video")
+            data = (folder / "trip.mp4").read_bytes()
+            part = api.get(f"/photos/{hit['id']}/video", headers={"Range": "bytes=10-29"})
+            assert part.status_code == 206 and part.content == data[10:30]
+            assert part.headers["content-range"] == f"bytes 10-29/{len(data)}"
+            thumb = api.get(f"/photos/{hit['id']}/thumb")
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+            photo = lib.catalog.find_path(str(folder / "red.jpg")).id
+            refused = api.get(f"/photos/{photo}/video")
+            assert refused.status_code == 404 and refused.json()["error"] == "not_a_video"
