@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -162,14 +160,13 @@ def main() -> None:
 
     from clipsearch import Library
 
-    with tempfile.TemporaryDirectory():
-        with Library.open(library, create=False) as lib:
-            lib.search("warm up", k=24)
-            inproc = []
-            for q in QUERIES[1:args.runs + 1]:
-                t0 = time.perf_counter()
-                lib.search(q + "  ", k=24)
-                inproc.append(time.perf_counter() - t0)
+    with Library.open(library, create=False) as lib:
+        lib.search("warm up", k=24)
+        inproc = []
+        for q in QUERIES[1:args.runs + 1]:  # a new process: each text is encoded, as in the UI
+            t0 = time.perf_counter()
+            lib.search(q, k=24)
+            inproc.append(time.perf_counter() - t0)
 
     print(f"\nlibrary: {library} ({sum(1 for _ in (library / 'thumbs').glob('*.jpg'))} thumbnails made during the run)")
     print(f"first search after start (Enter → grid painted): {ms(results['ui_first'])}")
