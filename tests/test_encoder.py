@@ -220,3 +220,26 @@ def test_a_text_tower_that_cannot_stop_early_encodes_every_position(tiny_config:
     assert encoder._text_pool() is None
     texts = ["a dog", "a red car at night", ""]
     np.testing.assert_allclose(encoder.encode_texts(texts), _open_clip_text_vectors(encoder, texts), atol=1e-6)
+
+
+def test_the_bulk_capabilities_are_a_declared_protocol_not_probed(tiny: ClipEncoder) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fakes import FakeEncoder
+
+    from clipsearch.encoder import Encoder, LazyEncoder, PixelEncoder, input_size
+    from clipsearch.pipeline import pixel_spec_of
+
+    fake = FakeEncoder()
+    assert isinstance(fake, Encoder) and not isinstance(fake, PixelEncoder)
+    assert pixel_spec_of(fake) is None and input_size(fake) == 32  # images go to encode_images
+    assert isinstance(tiny, PixelEncoder) and pixel_spec_of(tiny) is tiny.pixel_spec is not None
+    # A lazily loaded model offers the protocol and hands over what its model has.
+    lazy_fake = LazyEncoder("fake", "test", fake.dim, full=fake)
+    assert isinstance(lazy_fake, PixelEncoder) and pixel_spec_of(lazy_fake) is None
+    lazy_fake.prepare_bulk_encoding(10)  # nothing to prepare: no error
+    with lazy_fake.image_threads(1):
+        pass
+    lazy_tiny = LazyEncoder(tiny.name, None, tiny.dim, full=tiny)
+    assert pixel_spec_of(lazy_tiny) == tiny.pixel_spec and lazy_tiny.image_size == tiny.image_size

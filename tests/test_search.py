@@ -5,6 +5,7 @@ vectors and the combined query vector.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,23 @@ def test_parse_query_reads_back_what_was_written(terms: list, space: str) -> Non
         query += (f"{weight:g}:" if weight is not None else "") + words
     parsed = parse_query(query, is_image_file=lambda s: False)
     assert [(t.weight, t.text) for t in parsed] == [(s * (w or 1.0), words) for s, w, words in terms]
+
+
+def test_nearest_texts_labels_many_vectors_in_one_batch_and_image_refs_are_read_once(library) -> None:
+    from clipsearch.errors import QueryError
+    from clipsearch.search import image_ref
+
+    assert image_ref("#42") == 42 and image_ref(" #7 ") == 7 and image_ref("#x") == "#x" and image_ref("a.jpg") == "a.jpg"
+    with pytest.raises(QueryError, match="text collection is empty"):
+        library.nearest_texts(np.eye(1, library.dim, dtype=np.float32))
+    library.add_texts(["red", "blue", "green"])
+    ids, vectors = library.vectors()
+    labels = library.nearest_texts(vectors)
+    paths = library.paths(ids.tolist())
+    by_name = {os.path.basename(p): label for p, label in zip(paths, labels)}
+    assert by_name["red.jpg"] == "red" and by_name["blue.jpg"] == "blue" and by_name["green.jpg"] == "green"
+    assert library.paths([ids[0], 10**9]) == [paths[0], None]
+    # "#ID" names an indexed photo wherever an image is taken.
+    red = ids[paths.index(next(p for p in paths if p.endswith("red.jpg")))]
+    assert library.describe(f"#{red}", k=1)[0].text == "red"
+    assert library.search_image(f"#{red}", k=1)[0].id != red  # itself excluded, as for an int id

@@ -17,12 +17,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
-import numpy as np
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
 from clipsearch.images import is_supported, load_image
 from clipsearch.video import format_time, is_video, split_frame_path
 from clipsearch.search import parse_query
+from clipsearch.texts import parse_labels  # noqa: F401  (re-exported: the labels box)
 
 from clipsearch_ui import explore
 from clipsearch_ui.grid import grid_value
@@ -82,12 +82,6 @@ class MapOutput(NamedTuple):
 class LibraryOutput(NamedTuple):
     overview: str
     skipped: list[list[str]]
-
-
-def parse_labels(text: str | None) -> list[str]:
-    """Labels typed as a comma- or line-separated list, stripped, without duplicates."""
-    parts = re.split(r"[,\n]", text or "")
-    return list(dict.fromkeys(p.strip() for p in parts if p.strip()))
 
 
 def check_query(query: str) -> None:
@@ -427,15 +421,14 @@ class Handlers:
             key = (ids.tobytes(), method, tuple(lib.roots()))
             cached = self._map_cache.get(key)
             if cached is None:
-                paths = [lib.get_image(int(i)).path for i in ids]  # type: ignore[union-attr]
+                paths = [p or "" for p in lib.paths(ids.tolist())]
                 cached = (explore.fit_projection(vectors, method), self._folder_groups(paths, lib.roots()))
                 self._map_cache = {key: cached}
             projection, groups = cached
             if colour_by == "label":
-                texts, text_vecs = lib.text_vectors()
-                if texts:
-                    groups = [texts[j] for j in np.argmax(vectors @ text_vecs.T, axis=1)]
-                else:
+                try:
+                    groups = lib.nearest_texts(vectors)  # one batch, in the Searcher
+                except QueryError:  # the collection is empty
                     notes.append("The text collection is empty: add labels in the Describe tab to colour by label; "
                                  "coloured by folder instead.")
                     colour_by = "folder"

@@ -61,6 +61,7 @@ import numpy as np
 
 from clipsearch.atomic import atomic_writer
 from clipsearch.errors import ClipSearchError
+from clipsearch.encoder import input_size
 from clipsearch.facts import FactReader
 from clipsearch.indexer import backfill_facts
 from clipsearch.pipeline import (
@@ -346,7 +347,7 @@ class _Embedder:
 
             torch.set_num_threads(max(1, threads))
         self.spec = pixel_spec_of(self.encoder)
-        self.read = functools.partial(read_file, target_size=getattr(self.encoder, "image_size", None),
+        self.read = functools.partial(read_file, target_size=input_size(self.encoder),
                                       spec=self.spec, readers=tuple(readers))
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="decode")
 

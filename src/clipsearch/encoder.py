@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from clipsearch.images import PixelSpec
+
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL = "toyworld"
@@ -62,7 +64,11 @@ def precision_of(image_backend: str) -> str:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """What the indexer and searcher need from a model; tests pass fakes that satisfy it."""
+    """What the indexer and searcher need from a model; tests pass fakes that satisfy it.
+
+    An encoder may also say the side of its input images (`image_size`, an int): files are
+    then decoded no larger than needed (`input_size`).
+    """
 
     name: str
     pretrained: str | None
@@ -71,6 +77,47 @@ class Encoder(Protocol):
     def encode_images(self, images: Sequence["Image.Image"], batch_size: int = ...) -> np.ndarray: ...
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PixelEncoder(Encoder, Protocol):
+    """An Encoder for bulk work: model pixels made in the decode workers, CPU threads, preparation for a big job.
+
+    The indexer and the Ray workers check for it with `isinstance`. `pixel_spec` None means
+    the model's preprocessing has no pixel form here: images then go to `encode_images`.
+    """
+
+    image_size: int | None
+    pixel_spec: "PixelSpec | None"
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Encode an (N, H, W, 3) uint8 batch made by `images.to_pixels(..., self.pixel_spec)`."""
+        ...
+
+    def image_threads(self, threads: int) -> contextlib.AbstractContextManager[None]:
+        """A block in which images are encoded with `threads` CPU threads."""
+        ...
+
+    def prepare_bulk_encoding(self, count: int) -> None:
+        """Called before `count` images are encoded (e.g. to move to a faster backend for a big job)."""
+        ...
+
+
+def pretrained_name(value: str | None) -> str | None:
+    """The one reading of a pretrained value (--pretrained, a library's record, a training config):
+    None for random weights (None, "none" or "random", in any case), else the value as given."""
+    return None if value is None or value.strip().lower() in RANDOM_TAGS else value
+
+
+def input_size(encoder: Encoder) -> int | None:
+    """The side of the encoder's input images if it says (`image_size`), else None (decode at full size)."""
+    size = getattr(encoder, "image_size", None)  # optional for plain encoders: see Encoder
+    return int(size) if size else None
+
+
+def pixel_encoder(encoder: Encoder) -> "PixelEncoder | None":
+    """`encoder` as a PixelEncoder when it is one, else None."""
+    return encoder if isinstance(encoder, PixelEncoder) else None
 
 
 def onnx_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -184,7 +231,7 @@ def resolve_weights(model: str, pretrained: str | None, *, cache_dir: str | None
     import open_clip
 
     register_model_configs()
-    if pretrained is None or pretrained.lower() in RANDOM_TAGS:
+    if pretrained_name(pretrained) is None:
         return ResolvedWeights(None, {}, False)
     if pretrained == BUNDLED_TAG:
         if model != BUNDLED_MODEL:
@@ -908,28 +955,34 @@ class LazyEncoder:
     def encode_images(self, images: Sequence["Image.Image"], batch_size: int = 64) -> np.ndarray:
         return self.full.encode_images(images, batch_size=batch_size)
 
-    # What the indexer looks for when it has photos to encode: each loads the model and
-    # hands over the model's own capability, or None where the model lacks it.
+    # The PixelEncoder protocol, for the indexer when it has photos to encode: each loads the
+    # model and hands over the model's own capability (none where the model lacks it).
     @property
     def image_size(self) -> int | None:
-        return getattr(self.full, "image_size", None)
+        return input_size(self.full)
 
     @property
-    def pixel_spec(self) -> Any:
-        return getattr(self.full, "pixel_spec", None)
+    def pixel_spec(self) -> "PixelSpec | None":
+        full = pixel_encoder(self.full)
+        return full.pixel_spec if full is not None else None
 
     @property
     def image_backend(self) -> str:
         return getattr(self.full, "image_backend", "torch")
 
-    @property
-    def encode_pixels(self) -> Callable[[np.ndarray], np.ndarray] | None:
-        return getattr(self.full, "encode_pixels", None)
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        full = pixel_encoder(self.full)
+        if full is None:
+            raise ModelError(f"model {self.name} does not encode pixels; use encode_images")
+        return full.encode_pixels(pixels)
 
-    @property
-    def prepare_bulk_encoding(self) -> Callable[[int], None] | None:
-        return getattr(self.full, "prepare_bulk_encoding", None)
+    def prepare_bulk_encoding(self, count: int) -> None:
+        full = pixel_encoder(self.full)
+        if full is not None:
+            full.prepare_bulk_encoding(count)
 
-    @property
-    def image_threads(self) -> Callable[[int], contextlib.AbstractContextManager[None]] | None:
-        return getattr(self.full, "image_threads", None)
+    @contextlib.contextmanager
+    def image_threads(self, threads: int) -> Iterator[None]:
+        full = pixel_encoder(self.full)
+        with full.image_threads(threads) if full is not None else contextlib.nullcontext():
+            yield

@@ -351,7 +351,9 @@ def _encode_image_files(encoder: "Encoder", paths: Sequence[str], batch_size: in
 
     from clipsearch.images import load_image
 
-    target = getattr(encoder, "image_size", None)
+    from clipsearch.encoder import input_size
+
+    target = input_size(encoder)
     out = [np.zeros((0, encoder.dim), np.float32)]
     with tqdm(total=len(paths), desc="encoding images", unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):

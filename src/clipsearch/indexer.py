@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from clipsearch.catalog import Catalog
+from clipsearch.encoder import input_size, pixel_encoder
 from clipsearch.facts import FactReader, default_readers
 from clipsearch.images import PixelSpec
 from clipsearch.index import VectorIndex
@@ -165,18 +166,18 @@ class Indexer:
         report.attempted = len(todo)
         from tqdm import tqdm
 
-        prepare = getattr(self.encoder, "prepare_bulk_encoding", None)
-        if prepare is not None:
-            prepare(len(todo))  # e.g. move a CPU encoder to onnxruntime for a big job
+        bulk = pixel_encoder(self.encoder)
+        if bulk is not None:
+            bulk.prepare_bulk_encoding(len(todo))  # e.g. move a CPU encoder to onnxruntime for a big job
         spec = pixel_spec_of(self.encoder)
         processes = self.processes if self.processes is not None else len(todo) >= PROCESS_MIN_FILES
-        stream = _DecodeStream(todo, getattr(self.encoder, "image_size", None), spec,
+        stream = _DecodeStream(todo, input_size(self.encoder), spec,
                                workers=self.decode_workers, processes=processes,
                                window=2 * self.batch_size + self.decode_workers, readers=self.readers)
         bar = tqdm(total=len(todo), unit="img", desc="indexing", disable=not progress, leave=False)
         last_save = time.monotonic()
-        threads = getattr(self.encoder, "image_threads", None)
-        with stream, (threads(self.encode_threads) if threads and self.encode_threads else contextlib.nullcontext()):
+        threads = bulk.image_threads(self.encode_threads) if bulk is not None and self.encode_threads else None
+        with stream, (threads or contextlib.nullcontext()):
             for start in range(0, len(todo), self.chunk_size):
                 if self._stop is not None and self._stop.is_set():
                     report.interrupted = True

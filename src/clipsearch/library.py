@@ -78,7 +78,11 @@ class LibraryInfo:
 
 
 def _pretrained_key(value: str | None) -> str:
-    if value is None or value.lower() in ("none", "random"):
+    """How the catalog records a pretrained value: "none" for random weights, a checkpoint by absolute path."""
+    from clipsearch.encoder import pretrained_name
+
+    value = pretrained_name(value)
+    if value is None:
         return "none"
     return os.path.abspath(value) if os.path.isfile(value) else value
 
@@ -134,7 +138,7 @@ class Library:
         columns are added at open, they run on every file indexed, and `index` back-fills
         the rows they have not read (see `clipsearch.facts`).
         """
-        from clipsearch.encoder import DEFAULT_MODEL, default_pretrained
+        from clipsearch.encoder import DEFAULT_MODEL, default_pretrained, pretrained_name
 
         folder = Path(os.path.expanduser(os.fspath(folder))).absolute()
         db = folder / CATALOG_FILE
@@ -168,7 +172,7 @@ class Library:
                     raise ModelMismatchError(
                         f"library {folder} was built with model {stored_model}/{stored_pre}, not {asked}: "
                         "open it without --model/--pretrained, or use another --library folder for the other model")
-                model, pretrained = stored_model, (None if stored_pre == "none" else stored_pre)
+                model, pretrained = stored_model, pretrained_name(stored_pre)
             dim = int(catalog.get_meta("dim") or 0)
             if encoder is not None and encoder.dim != dim:
                 raise ModelMismatchError(f"encoder gives {encoder.dim}-d vectors but library {folder} holds {dim}-d ones")
@@ -361,7 +365,9 @@ class Library:
 
     def add_texts(self, texts: Sequence[str]) -> int:
         """Add captions or labels to the text collection (for image→text); returns how many were new."""
-        clean = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+        from clipsearch.texts import clean_texts
+
+        clean = clean_texts(texts)
         if not clean:
             return 0
         vectors = self.encoder.encode_texts(clean)
@@ -471,10 +477,12 @@ class Library:
     def search_image(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 20, *,
                      text: str | None = None, text_weight: float = 1.0, min_score: float | None = None,
                      folder: str | os.PathLike | None = None, exclude_self: bool = True) -> list[Hit]:
-        """Image→image search. `image` is a path, bytes, a PIL image or an indexed id; `text` modifies it ("at night")."""
-        from clipsearch.search import combine
+        """Image→image search. `image` is a path, bytes, a PIL image or an indexed id (or "#ID"); `text` modifies it
+        ("at night")."""
+        from clipsearch.search import combine, image_ref
 
         self.refresh()
+        image = image_ref(image)
         vec = self.searcher.image_vector(image)
         if text:
             vec = combine(np.stack([vec, self.searcher.query_vector(text)]), [1.0, text_weight])
@@ -500,8 +508,17 @@ class Library:
         return self.searcher.query_vector(query)
 
     def describe(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 5) -> list[TextHit]:
-        """Image→text: the closest entries of the text collection."""
+        """Image→text: the closest entries of the text collection (`image` as for `search_image`)."""
         return self.searcher.describe_vector(self.searcher.image_vector(image), k)
+
+    def nearest_texts(self, vectors: np.ndarray) -> list[str]:
+        """The closest text of the collection to each row of `vectors` (to label many photos at once)."""
+        return self.searcher.nearest_texts(vectors)
+
+    def paths(self, ids: Sequence[int]) -> list[str | None]:
+        """The path of each image id, in one catalog query (None for an id the catalog no longer has)."""
+        rows = self.catalog.get_images(ids)
+        return [rows[int(i)].path if int(i) in rows else None for i in ids]
 
     def get_image(self, image_id: int) -> ImageRow | None:
         return self.catalog.get_image(image_id)

@@ -94,14 +94,26 @@ def parse_query(query: str, *, is_image_file: Callable[[str], bool] | None = Non
             weight, raw = float(m.group(1)), m.group(2).strip()
         if not raw:
             raise QueryError(f"empty term in query {query!r}: remove the stray '+' or '-'")
-        mid = _IMAGE_ID.match(raw)
-        if mid:
-            terms.append(QueryTerm(sign * weight, image_id=int(mid.group(1))))
+        ref = image_ref(raw)
+        if isinstance(ref, int):
+            terms.append(QueryTerm(sign * weight, image_id=ref))
         elif is_image_file(raw):
             terms.append(QueryTerm(sign * weight, image_path=os.path.abspath(os.path.expanduser(raw))))
         else:
             terms.append(QueryTerm(sign * weight, text=raw))
     return terms
+
+
+def image_ref(image: "str | os.PathLike | bytes | Image.Image | int") -> "str | os.PathLike | bytes | Image.Image | int":
+    """The one reading of "#42": indexed image 42 (an int); anything else is returned as it is (a path, bytes...).
+
+    Used for the terms of a query and for every image argument (CLI, Library, web UI).
+    """
+    if isinstance(image, str):
+        m = _IMAGE_ID.match(image.strip())
+        if m:
+            return int(m.group(1))
+    return image
 
 
 def _is_image_file(term: str) -> bool:
@@ -147,7 +159,8 @@ class Searcher:
         return vec
 
     def image_vector(self, image: "str | os.PathLike | bytes | Image.Image | int") -> np.ndarray:
-        """The unit vector of an image file, bytes, PIL image, or indexed image id (stored vector, no re-encode)."""
+        """The unit vector of an image file, bytes, PIL image, or indexed image id or "#ID" (stored vector, no re-encode)."""
+        image = image_ref(image)
         if isinstance(image, (int, np.integer)):
             vec = self.catalog.vectors_for([int(image)], self.index.dim).get(int(image))
             if vec is None:
@@ -219,16 +232,33 @@ class Searcher:
         return self.search_vector(self.query_vector(query), k, **filters)  # type: ignore[arg-type]
 
     # -- image → text -------------------------------------------------------------------
+    def _text_table(self) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """The text collection (ids, texts, vectors), cached until any process changes it."""
+        version = self.catalog.texts_version  # changed by any add or remove, in any process
+        if self._texts is None or version != self._texts_version:
+            self._texts, self._texts_version = self.catalog.text_vectors(self.index.dim), version
+        return self._texts
+
+    def nearest_texts(self, vectors: np.ndarray, chunk: int = 4096) -> list[str]:
+        """For each row of `vectors`, the closest text of the collection (exact), in one pass over them.
+
+        For labelling many photos at once (the web UI's map); QueryError when the collection is empty.
+        """
+        _, texts, text_vecs = self._text_table()
+        if not texts:
+            raise QueryError("the text collection is empty: add captions or labels first "
+                             "(`clipsearch texts add FILE` or Library.add_texts)")
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        best = [np.argmax(vectors[i:i + chunk] @ text_vecs.T, axis=1) for i in range(0, len(vectors), chunk)]
+        return [texts[int(j)] for j in (np.concatenate(best) if best else [])]
+
     def describe_vector(self, vector: np.ndarray, k: int = 5) -> list[TextHit]:
         """Closest texts of the text collection to a unit vector (exact search), then the concepts that fit it.
 
         A personal concept fits when the vector scores at least the concept's threshold
         (about what its example photos score); fitting concepts follow the texts, best first.
         """
-        version = self.catalog.texts_version  # changed by any add or remove, in any process
-        if self._texts is None or version != self._texts_version:
-            self._texts, self._texts_version = self.catalog.text_vectors(self.index.dim), version
-        ids, texts, vecs = self._texts
+        ids, texts, vecs = self._text_table()
         fitting = self.fitting_concepts(vector)
         if not len(texts) and not fitting and not self.concepts():
             raise QueryError("the text collection is empty: add captions or labels first "

@@ -80,9 +80,9 @@ def model_key(model: str, pretrained: str | None) -> str:
     import hashlib
     from importlib import metadata
 
-    from clipsearch.encoder import BUNDLED_TAG, RANDOM_TAGS, bundled_weights_path
+    from clipsearch.encoder import BUNDLED_TAG, bundled_weights_path, pretrained_name
 
-    if pretrained is None or pretrained.lower() in RANDOM_TAGS:
+    if pretrained is None or pretrained_name(pretrained) is None:
         weights = "random"
     else:
         path = bundled_weights_path() if pretrained == BUNDLED_TAG else Path(pretrained)

@@ -99,7 +99,9 @@ class TrainConfig:
 
     @property
     def from_scratch(self) -> bool:
-        return self.pretrained is None or self.pretrained.lower() in ("none", "random")
+        from clipsearch.encoder import pretrained_name
+
+        return pretrained_name(self.pretrained) is None
 
     @property
     def learning_rate(self) -> float:

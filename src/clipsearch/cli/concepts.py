@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.cli.common import add_library_args, open_library
 
 
 def _cmd_concept(args: argparse.Namespace) -> int:

@@ -3,48 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Sequence
 
-from clipsearch.errors import ClipSearchError
-
-
-def default_library() -> str:
-    """$CLIPSEARCH_LIBRARY, else a folder in the user's data directory."""
-    env = os.environ.get("CLIPSEARCH_LIBRARY")
-    if env:
-        return env
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return os.path.join(base, "clipsearch", "library")
-
-
-def add_library_args(p: argparse.ArgumentParser, *, model: bool = True) -> None:
-    p.add_argument("--library", "-l", default=None, metavar="DIR",
-                   help="library folder (default: $CLIPSEARCH_LIBRARY or ~/.local/share/clipsearch/library)")
-    if model:
-        p.add_argument("--model", default=None,
-                       help="open_clip model name or JSON config (new libraries; default toyworld, bundled)")
-        p.add_argument("--pretrained", default=None,
-                       help="pretrained tag, checkpoint file, 'bundled' or 'none' (random weights)")
-        p.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
-        p.add_argument("--no-fast-path", dest="fast_path", action="store_false", default=None,
-                       help="encode query texts with torch and open_clip instead of the exported text tower "
-                            "(slower start; $CLIPSEARCH_FAST_PATH=0 does the same)")
-
-
-def open_library(args: argparse.Namespace, *, create: bool = False) -> Any:
-    from clipsearch.library import _UNSET, Library
-
-    pretrained = _UNSET
-    if getattr(args, "pretrained", None) is not None:
-        pretrained = None if args.pretrained.lower() in ("none", "random") else args.pretrained
-    return Library.open(args.library or default_library(), model=getattr(args, "model", None),
-                        pretrained=pretrained, device=getattr(args, "device", None), create=create,
-                        image_backend=getattr(args, "image_backend", None),
-                        fast_path=getattr(args, "fast_path", None))
+from clipsearch.cli.common import (  # noqa: F401  (add_library_args, open_library: used by every command module)
+    add_library_args, default_library, index_line, open_library, print_index_report, run_status,
+)
 
 
 def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
@@ -101,29 +66,6 @@ def _memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _index_line(lib: Any) -> str:
-    info = lib.info()
-    recall = "exact" if info.index_kind == "flat" else (
-        f"recall@10 {info.index_recall:.3f}" if info.index_recall is not None else "recall not measured")
-    from clipsearch.sizes import format_size
-
-    return (f"{lib.vector_index.describe()}, {info.index_count} vectors, ~{format_size(info.index_bytes)}, "
-            f"{recall}")
-
-
-def exit_status_of(report: Any) -> int:
-    """1 (with a message) for a run that tried files and left nothing indexed under its folder, else 0.
-
-    Such a run is trouble for a scheduled job, not a success; one broken photo beside
-    good ones is not this.
-    """
-    if not report.all_failed:
-        return 0
-    print(f"clipsearch: error: none of the {report.attempted} files tried under {report.root} could be indexed, "
-          "and none is indexed from it; see the reasons listed (clipsearch info --failures)", file=sys.stderr)
-    return 1
-
-
 def _cmd_index(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None) is not None:
         from clipsearch.cli.distributed import cmd_index_ray
@@ -137,20 +79,16 @@ def _cmd_index(args: argparse.Namespace) -> int:
             report = lib.index(root, progress=not args.quiet, allow_empty=args.allow_empty, exclude=args.exclude,
                                wait=args.wait, retry_failed=args.retry_failed,
                                index_kind=args.index, max_memory=args.max_memory)
-            status = max(status, exit_status_of(report))
+            status = max(status, run_status(report))
             if args.json:
                 reports.append(report.to_dict())
                 continue
-            print(report.summary())
-            for s in report.skipped[: args.show_skipped]:
-                print(f"  skipped {s.path}: {s.reason}" + (" (tried again next run)" if s.retry else ""))
-            if len(report.skipped) > args.show_skipped:
-                print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
+            print_index_report(report, args.show_skipped)
         if args.json:
             # One JSON document: the report, or a list of them for several folders.
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         elif lib.vector_index is not before:
-            print(f"index rebuilt: {_index_line(lib)}")
+            print(f"index rebuilt: {index_line(lib)}")
         return status
 
 
@@ -167,49 +105,27 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _image_arg(text: str) -> Any:
-    """'#42' is indexed image 42; anything else a file path."""
-    return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else text
-
-
 def _cmd_similar(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        image = _image_arg(args.image)
-        hits = lib.search_image(image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder)
+        hits = lib.search_image(args.image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder)
         _print_hits(hits, args.json)
     return 0
 
 
 def _cmd_describe(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        _print_hits(lib.describe(_image_arg(args.image), k=args.k), args.json)
+        _print_hits(lib.describe(args.image, k=args.k), args.json)
     return 0
-
-
-def _read_lines(source: str) -> list[str]:
-    if source == "-":
-        return sys.stdin.read().splitlines()
-    path = Path(source)
-    if not path.is_file():
-        raise ClipSearchError(f"text file {source} does not exist; give a file with one caption or label per line")
-    if path.suffix.lower() == ".csv":
-        import csv
-
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            column = next((c for c in ("title", "caption", "text", "label") if c in (reader.fieldnames or [])), None)
-            if column is None:
-                raise ClipSearchError(f"{source} has no title, caption, text or label column")
-            return [row[column] for row in reader]
-    return path.read_text(encoding="utf-8").splitlines()
 
 
 def _cmd_texts(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
         if args.texts_command == "add":
+            from clipsearch.texts import read_texts
+
             lines: list[str] = []
             for src in args.files:
-                lines.extend(_read_lines(src))
+                lines.extend(read_texts(src))
             added = lib.add_texts(lines)
             print(f"{added} texts added ({len(lib.texts())} in the collection)")
         elif args.texts_command == "list":
@@ -252,7 +168,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(f"videos:    {info.videos} of the indexed, {info.videos + info.video_frames} moments sampled")
         print(f"texts:     {info.texts}")
         print(f"vectors:   {info.image_precision} ({info.image_precision_note})")
-        print(f"index:     {_index_line(lib)}")
+        print(f"index:     {index_line(lib)}")
         if info.index_kind != "flat" and info.index_recall is not None:
             print(f"recall:    {info.index_recall:.3f} recall@10 {info.index_recall_note}")
         setting = info.index_setting + (f", at most {format_size(info.index_max_memory)}" if info.index_max_memory
@@ -278,7 +194,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
         count = lib.rebuild_index(index_kind=args.index, max_memory=args.max_memory, wait=args.wait)
         print(f"index rebuilt from stored vectors: {count} images")
-        print(f"index:     {_index_line(lib)}")
+        print(f"index:     {index_line(lib)}")
     return 0
 
 

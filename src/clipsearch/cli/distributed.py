@@ -34,7 +34,7 @@ def _options(args: argparse.Namespace) -> "object":
 
 def cmd_index_ray(args: argparse.Namespace) -> int:
     """`clipsearch index PHOTOS --ray`: prints what `clipsearch index` prints."""
-    from clipsearch.cli.core import _index_line, exit_status_of, open_library
+    from clipsearch.cli.common import index_line, open_library, print_index_report, run_status
     from clipsearch.distributed import EncoderSpec, index_on_ray
     from clipsearch.encoder import IMAGE_BACKEND_ENV
 
@@ -49,30 +49,26 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
             report = index_on_ray(lib, root, encoder=encoder, options=options, progress=not args.quiet, wait=args.wait,
                                   allow_empty=args.allow_empty, exclude=args.exclude, index_kind=args.index,
                                   max_memory=args.max_memory, retry_failed=args.retry_failed)
-            status = max(status, exit_status_of(report))
+            status = max(status, run_status(report))
             if args.json:
                 reports.append(report.to_dict())
                 continue
-            print(report.summary())
-            for s in report.skipped[: args.show_skipped]:
-                print(f"  skipped {s.path}: {s.reason}" + (" (tried again next run)" if s.retry else ""))
-            if len(report.skipped) > args.show_skipped:
-                print(f"  ... and {len(report.skipped) - args.show_skipped} more (clipsearch info --failures)")
+            print_index_report(report, args.show_skipped)
         if args.json:
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         elif lib.vector_index is not before:
-            print(f"index rebuilt: {_index_line(lib)}")
+            print(f"index rebuilt: {index_line(lib)}")
     return status
 
 
 def cmd_rebuild_ray(args: argparse.Namespace) -> int:
     """`clipsearch rebuild-index --ray`."""
-    from clipsearch.cli.core import _index_line, open_library
+    from clipsearch.cli.common import index_line, open_library
     from clipsearch.distributed import rebuild_index_on_ray
 
     with open_library(args) as lib:
         count = rebuild_index_on_ray(lib, options=_options(args), index_kind=args.index, max_memory=args.max_memory,
                                      wait=args.wait)
         print(f"index rebuilt from stored vectors on Ray: {count} images")
-        print(f"index:     {_index_line(lib)}")
+        print(f"index:     {index_line(lib)}")
     return 0

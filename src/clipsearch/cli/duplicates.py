@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.cli.common import add_library_args, open_library
 from clipsearch.sizes import format_size
 
 

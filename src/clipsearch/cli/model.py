@@ -67,7 +67,7 @@ def _print_table(results: Sequence[tuple[str, Any]]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clipsearch.encoder import default_pretrained, load_encoder
+    from clipsearch.encoder import default_pretrained, load_encoder, pretrained_name
     from clipsearch.evaluate import evaluate
 
     models = [(args.model, args.pretrained)]
@@ -75,10 +75,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         models.append((args.compare[0], args.compare[1]))
     results = []
     for model, pretrained in models:
-        if pretrained is None:
-            pretrained = default_pretrained(model)
-        elif pretrained.lower() in ("none", "random"):
-            pretrained = None
+        pretrained = default_pretrained(model) if pretrained is None else pretrained_name(pretrained)
         encoder = load_encoder(model, pretrained, device=args.device, image_backend=args.image_backend)
         result = evaluate(encoder, args.csv, relevance=args.relevance, batch_size=args.batch_size,
                           analogy=not args.no_analogy, analogy_template=args.analogy_template,

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.cli.common import add_library_args, open_library
 from clipsearch.cli.watch import add_watch_args
 from clipsearch.errors import ClipSearchError
 

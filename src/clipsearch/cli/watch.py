@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from clipsearch.cli.core import add_library_args, open_library
+from clipsearch.cli.common import add_library_args, open_library
 
 if TYPE_CHECKING:
     from clipsearch.watch import WatchConfig, WatchNotice

@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def pixel_spec_of(encoder: "Encoder") -> PixelSpec | None:
-    """The encoder's pixel spec when it encodes model pixels directly (the read stage makes them), else None."""
-    spec = getattr(encoder, "pixel_spec", None)
-    return spec if isinstance(spec, PixelSpec) and callable(getattr(encoder, "encode_pixels", None)) else None
+    """The encoder's pixel spec when it encodes model pixels directly (a `PixelEncoder` with one), else None."""
+    from clipsearch.encoder import pixel_encoder
+
+    bulk = pixel_encoder(encoder)
+    return bulk.pixel_spec if bulk is not None else None
 
 
 def encode_batch(encoder: "Encoder", inputs: Sequence[Any], spec: PixelSpec | None, *, batch_size: int = 64
@@ -40,7 +42,7 @@ def encode_batch(encoder: "Encoder", inputs: Sequence[Any], spec: PixelSpec | No
 
     def encode(items: Sequence[Any]) -> np.ndarray:
         if spec is not None:
-            return encoder.encode_pixels(np.stack(items))
+            return encoder.encode_pixels(np.stack(items))  # type: ignore[attr-defined]  # a PixelEncoder
         return encoder.encode_images(list(items), batch_size=batch_size)
 
     if not len(inputs):
