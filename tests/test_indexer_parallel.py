@@ -159,11 +159,11 @@ def test_an_encoder_failure_in_the_pixel_path_costs_one_file(
     assert report.added == 8
 
 
-def crash_on_marked_files(record, target_size, spec):
+def crash_on_marked_files(record, target_size, spec, readers=()):
     """A decode function for the workers that crashes its process (SIGSEGV) on files named *crash*."""
     if "crash" in os.path.basename(record.path):
         os.kill(os.getpid(), signal.SIGSEGV)
-    return read_file(record, target_size, spec)
+    return read_file(record, target_size, spec, readers)
 
 
 def test_a_decoder_crash_costs_only_the_file_it_was_on(tmp_path: Path) -> None:
