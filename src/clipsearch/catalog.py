@@ -2,6 +2,10 @@
 
 The catalog is the source of truth. The FAISS index is derived from the vectors stored
 here and can always be rebuilt from them without re-encoding a photo.
+
+Longer than most modules on purpose: `Catalog` is the one owner of the SQLite schema, so
+every query against it (images, vectors, fact columns, texts, metadata) lives here and
+nowhere else.
 """
 from __future__ import annotations
 

@@ -33,6 +33,11 @@ for (`pip install 'clipsearch[distributed]'`). The flow, and who does what:
   index is tuned and its recall@10 measured as on one machine. Flat and HNSW indexes
   are built by the single-machine code.
 
+Longer than most modules on purpose: the Ray executor in one place (session, shards,
+the embedding actor, the driver's ingest, the parallel index build), all of whose stages
+are the single machine's (`clipsearch.pipeline`, `clipsearch.index`), reached through
+public names only.
+
 Worker failures are Ray's to retry: Ray Data restarts a dead actor and retries its batch
 (max_restarts / max_task_retries default to infinite for actor pools); index tasks are
 retried by Ray too. A driver that dies loses at most the shard it was writing.

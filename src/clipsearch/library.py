@@ -6,6 +6,11 @@
 
 A library folder holds everything clipsearch writes: `catalog.sqlite` (paths, vectors,
 texts, metadata), `index.faiss` (+ `.json` sidecar), `lock`, and caches.
+
+Longer than most modules on purpose: it is the one public surface, a method per
+operation (index, search, describe, duplicates, concepts, texts, info...), each a few lines
+that open, lock and delegate; the work lives in the modules it wires (the index lifecycle
+in `index.lifecycle`, indexing in `pipeline` and `indexer`, queries in `search`).
 """
 from __future__ import annotations
 
