@@ -183,10 +183,23 @@ def test_capture_times_overrule_the_fast_rule() -> None:
     from clipsearch.duplicates.groups import fast_levels
 
     opts = DuplicateOptions(verify="fast")
-    clip, hd, rot = np.array([0.99] * 4), np.array([1, 1, 1, 10]), np.zeros(4, int)
-    a = np.array([0.0, 0.0, 0.0, 0.0])
-    b = np.array([0.0, 3.0, 3600.0, np.nan])
-    assert fast_levels(clip, hd, rot, a, b, opts).tolist() == ["copy", "moment", "", "moment"]
+    clip, hd, rot = np.array([0.99] * 5), np.array([1, 1, 1, 10, 10]), np.zeros(5, int)
+    a = np.array([0.0, 0.0, 0.0, 0.0, 0.0])
+    b = np.array([0.0, 3.0, 3600.0, np.nan, 0.0])
+    # same instant: copy; seconds apart: moment; an hour apart: nothing; unknown: the hash and CLIP decide
+    assert fast_levels(clip, hd, rot, a, b, opts).tolist() == ["copy", "moment", "", "moment", "copy"]
+
+
+def test_a_photo_without_capture_time_inherits_its_copies_time() -> None:
+    from clipsearch.duplicates import DuplicateOptions
+    from clipsearch.duplicates.groups import inherit_capture_times
+
+    # 0 and 1 are copies (1 is a PNG export without EXIF); 2, taken a day later, looks like a moment of 1.
+    pairs = np.array([[0, 1], [1, 2]])
+    taken = np.array([0.0, np.nan, 86400.0])
+    assert inherit_capture_times(pairs, ["copy", "moment"], taken, DuplicateOptions()) == ["copy", None]
+    assert inherit_capture_times(pairs, ["copy", "moment"], taken,
+                                 DuplicateOptions(use_capture_time=False)) == ["copy", "moment"]
 
 
 def test_unknown_level_names_the_choices(dup_library) -> None:

@@ -213,6 +213,11 @@ def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts
             note = f"taken {seconds:.0f} s apart: different shots"
         elif level == "moment" and seconds > options.moment_seconds:
             level, note = None, f"taken {seconds:.0f} s apart: not one moment"
+        elif (level is None and seconds <= options.moment_seconds and clip >= options.fast_moment_clip
+              and hash_distance <= options.fast_moment_hash):
+            # The pixels could not line the two up (much moved), but they show the same scene
+            # by CLIP and hash and were taken seconds apart: one moment.
+            level, note = "moment", f"same scene, taken {seconds:.0f} s apart"
     return PairDecision(a, b, level, clip, hash_distance, evidence, seconds, note)
 
 
@@ -232,6 +237,43 @@ def fast_levels(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarra
         out[shots & (seconds <= options.moment_seconds)] = "moment"
         out[shots & (seconds > options.moment_seconds)] = ""
         out[known & moment & (seconds > options.moment_seconds)] = ""
+        # Taken at the same instant and alike: one shot (the fast rule cannot see a crop or
+        # a caption; the capture time can). A burst within one second without sub-second
+        # times in its EXIF would be taken for copies here: verify="pixels" tells them apart.
+        out[known & moment & (seconds < 0.5)] = "copy"
+        near = known & (out == "") & (seconds <= options.moment_seconds) & (clip >= options.fast_moment_clip) \
+            & (hash_distance <= options.fast_moment_hash)
+        out[near] = "moment"
+    return out
+
+
+def inherit_capture_times(pairs: np.ndarray, pair_levels: Sequence[str | None], taken: np.ndarray,
+                          options: DuplicateOptions) -> list[str | None]:
+    """Drop moment edges whose photos were taken further apart than `moment_seconds`, where a photo
+    without a capture time (a PNG export) has the capture time of the copies it was grouped with."""
+    if not options.use_capture_time:
+        return list(pair_levels)
+    n = len(taken)
+    joined = _UnionFind(n)
+    for (p, q), lv in zip(pairs.tolist(), pair_levels):
+        if lv == "copy":
+            joined.union(p, q)
+    family: dict[int, list[float]] = {}
+    for pos in np.flatnonzero(~np.isnan(taken)).tolist():
+        family.setdefault(joined.find(pos), []).append(float(taken[pos]))
+
+    def when(pos: int) -> float | None:
+        if not np.isnan(taken[pos]):
+            return float(taken[pos])
+        times = family.get(joined.find(pos))
+        return float(np.median(times)) if times else None
+
+    out = list(pair_levels)
+    for k, ((p, q), lv) in enumerate(zip(pairs.tolist(), pair_levels)):
+        if lv == "moment":
+            a, b = when(p), when(q)
+            if a is not None and b is not None and abs(a - b) > options.moment_seconds:
+                out[k] = None
     return out
 
 
@@ -459,7 +501,7 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
     if options.verify == "fast":
         taken = stored_capture_times(catalog, ids)
         levels_arr = fast_levels(clip, hd, hrot, taken[pairs[:, 0]], taken[pairs[:, 1]], options)
-        pair_levels = [lv or None for lv in levels_arr.tolist()]
+        pair_levels = inherit_capture_times(pairs, [lv or None for lv in levels_arr.tolist()], taken, options)
         decisions = {}
         for (p, q), lv, sim, dist in zip(pairs.tolist(), pair_levels, clip.tolist(), hd.tolist()):
             if lv is not None:
@@ -498,6 +540,9 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
         report.decisions.append(d)
     report.compared = len(report.decisions)
     report.unreadable = sorted(set(source.unreadable))
+    taken = np.array([(source.facts[int(i)].taken_ts if int(i) in source.facts
+                       and source.facts[int(i)].taken_ts is not None else np.nan) for i in ids.tolist()])
+    pair_levels = inherit_capture_times(pairs, pair_levels, taken, options)
     return {level: _build_groups(level, n, pairs, pair_levels, ids, vectors, rows, source.facts, decisions)
             for level in levels}
 
