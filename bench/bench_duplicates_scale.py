@@ -37,7 +37,7 @@ def planted(n: int, seed: int = 0, copy_share: float = 0.03, burst_share: float 
     sources = rng.choice(np.setdiff1d(np.arange(n), targets), n_copy + n_burst, replace=False)
     for k, (src, dst) in enumerate(zip(sources, targets)):
         is_copy = k < n_copy
-        noise = 0.04 if is_copy else 0.09
+        noise = 0.03 if is_copy else 0.09
         v = base[src] + noise * rng.standard_normal(512).astype(np.float32) / np.sqrt(512) * 8
         base[dst] = v / np.linalg.norm(v)
         flips = rng.choice(63, int(rng.integers(0, 3) if is_copy else rng.integers(6, 15)), replace=False)
