@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
-from clipsearch_ui import describe_tab, duplicates_tab, explore_tab, library_tab, search_tab
+from clipsearch_ui import concepts_tab, describe_tab, duplicates_tab, explore_tab, library_tab, search_tab
 from clipsearch_ui.handlers import Handlers, code_span
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ TABS: list[tuple[str, str, Callable[[AppContext, gr.Tab], Any]]] = [
     (EXPLORE_TAB, "Explore", explore_tab.build),
     (LIBRARY_TAB, "Library", library_tab.build),
     (duplicates_tab.DUPLICATES_TAB, "Duplicates", duplicates_tab.build),
+    (concepts_tab.CONCEPTS_TAB, "Concepts", concepts_tab.build),
 ]
 
 
