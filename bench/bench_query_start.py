@@ -17,9 +17,13 @@ that the machine's load touches each alike, a new process runs:
   UI (`build_app`) and answers one text search through its handlers, as `clipsearch
   serve` does: its peak RSS is the server's memory after its first query.
 
-Each process's wall time and peak RSS (`ru_maxrss` from `wait4`) are printed as median,
-25th-75th percentile and min-max, with ratios of medians. The load average is printed
-before and after: on a shared machine the absolute times move with it, the ratios much less.
+Each process's wall time, CPU time (user + system) and peak RSS (`ru_maxrss` from
+`wait4`) are printed as median, 25th-75th percentile and min-max, with ratios of medians.
+On a loaded machine wall time mostly measures the queue for the cores; CPU time is what
+the process itself needed, close to its wall time on an idle machine (the start-up work is
+mostly one thread). The load average is printed with every round. The benchmark process
+itself stays small (libraries are built by `clipsearch` child processes) because a child's
+`ru_maxrss` starts from its parent's RSS at fork.
 """
 from __future__ import annotations
 
@@ -49,8 +53,8 @@ print("torch loaded:", "torch" in sys.modules, file=sys.stderr)
 """
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one child process."""
+def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS in MB) of one child process."""
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -59,19 +63,19 @@ def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def build(root: Path, model: str, pretrained: str, photos: int) -> tuple[Path, float]:
     """A library of `photos` toy-world photos, and the seconds its first (exporting) query took."""
-    from clipsearch.cli import main
-
+    cli = [sys.executable, "-m", "clipsearch", "-q"]
     images = root / "tw"
     if not images.exists():
-        assert main(["-q", "toyworld", "generate", "--n", str(photos), str(images)]) == 0
+        subprocess.run([*cli, "toyworld", "generate", "--n", str(photos), str(images)], check=True)
     lib = root / f"lib-{model}"
-    assert main(["-q", "index", str(images / "images"), "-l", str(lib), "--model", model,
-                 "--pretrained", pretrained]) == 0
+    if not lib.exists():
+        subprocess.run([*cli, "index", str(images / "images"), "-l", str(lib), "--model", model,
+                        "--pretrained", pretrained], check=True, stdout=subprocess.DEVNULL)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "clipsearch", "-q", "search", QUERY, "-l", str(lib)], check=True,
                    stdout=subprocess.DEVNULL)
@@ -104,17 +108,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--ui", action="store_true", help="also measure the web UI's process (needs gradio)")
+    parser.add_argument("--ui-runs", type=int, default=1, help="rounds that include the UI processes (default 1)")
+    parser.add_argument("--root", default=None, help="keep the libraries and exports in this folder (reused)")
     parser.add_argument("--importtime", action="store_true", help="list the fast path's slowest imports")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import machine
-
     with tempfile.TemporaryDirectory(prefix="clipsearch-bench-start-") as tmp:
-        root = Path(tmp)
+        root = Path(args.root or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "CLIPSEARCH_ONNX_CACHE": str(root / "onnx")}
         os.environ["CLIPSEARCH_ONNX_CACHE"] = env["CLIPSEARCH_ONNX_CACHE"]
-        print(f"machine: {machine()}")
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "unknown CPU")
+        print(f"machine: {cpu}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
         flags = sorted(set(Path("/proc/cpuinfo").read_text().split()) & {"avx512_vnni", "avx512_bf16", "amx_int8"})
         print(f"cpu flags: {', '.join(flags) or 'none of avx512_vnni/avx512_bf16/amx_int8'}")
         for name in args.models:
@@ -131,21 +137,28 @@ def main() -> None:
             print(f"\n{name} ({pretrained} weights), {args.photos} photos; first query (exports the text tower): "
                   f"{first:.1f} s; load average before: {os.getloadavg()[0]:.1f}", flush=True)
             walls: dict[str, list[float]] = {k: [] for k in variants}
+            cpus: dict[str, list[float]] = {k: [] for k in variants}
             rss: dict[str, list[float]] = {k: [] for k in variants}
             for r in range(args.runs):
                 for key, argv in variants.items():
-                    wall, peak = run_once(argv, envs[key])
+                    if key.startswith("ui") and r >= args.ui_runs:
+                        continue
+                    wall, cpu_s, peak = run_once(argv, envs[key])
                     walls[key].append(wall)
+                    cpus[key].append(cpu_s)
                     rss[key].append(peak)
-                print(f"  round {r + 1}: " + ", ".join(f"{k} {walls[k][-1]:.2f} s {rss[k][-1]:.0f} MB" for k in variants)
+                print(f"  round {r + 1}: " + ", ".join(f"{k} {walls[k][-1]:.2f} s wall {cpus[k][-1]:.2f} s cpu "
+                                                     f"{rss[k][-1]:.0f} MB" for k in variants if len(walls[k]) > r)
                       + f"; load {os.getloadavg()[0]:.1f}", flush=True)
             for key in variants:
-                print(f"  {key:13s} wall {summary(walls[key], 's')}   peak RSS {summary(rss[key], 'MB')}")
+                print(f"  {key:13s} wall {summary(walls[key], 's')}   cpu {summary(cpus[key], 's')}   "
+                      f"peak RSS {summary(rss[key], 'MB')}")
             med = {k: statistics.median(v) for k, v in walls.items()}
+            mcpu = {k: statistics.median(v) for k, v in cpus.items()}
             mrss = {k: statistics.median(v) for k, v in rss.items()}
-            print(f"  ratios of medians: fast/torch wall {med['fast'] / med['torch']:.2f}, "
-                  f"fast/import-torch wall {med['fast'] / med['import torch']:.2f}, "
-                  f"fast/torch RSS {mrss['fast'] / mrss['torch']:.2f}")
+            print(f"  ratios of medians: fast/torch wall {med['fast'] / med['torch']:.2f} cpu "
+                  f"{mcpu['fast'] / mcpu['torch']:.2f}; fast/import-torch wall {med['fast'] / med['import torch']:.2f} "
+                  f"cpu {mcpu['fast'] / mcpu['import torch']:.2f}; fast/torch RSS {mrss['fast'] / mrss['torch']:.2f}")
             if args.ui:
                 print(f"  web UI process after one query: {mrss['ui fast']:.0f} MB fast vs {mrss['ui torch']:.0f} MB "
                       f"torch ({mrss['ui fast'] / mrss['ui torch']:.2f}x)")

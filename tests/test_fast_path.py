@@ -67,7 +67,7 @@ def test_query_commands_and_a_noop_sync_never_import_torch(built: tuple[Path, Pa
     lib = str(lib_dir)
     argvs = [["-q", "search", "a red circle", "-l", lib], ["-q", "search", "red + 2:night - day", "-l", lib],
              ["-q", "similar", "#1", "-l", lib], ["-q", "similar", "#2", "--text", "at night", "-l", lib],
-             ["-q", "describe", "#3", "-l", lib], ["-q", "info", "-l", lib],
+             ["-q", "describe", "#3", "-l", lib], ["-q", "info", "-l", lib], ["-q", "duplicates", "-l", lib],
              ["-q", "index", str(photos), "-l", lib], ["-q", "texts", "add", "-", "-l", lib]]
     result = _run_cli_sequence(argvs)
     assert result == {"codes": [0] * len(argvs), "heavy": []}

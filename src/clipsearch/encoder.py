@@ -453,7 +453,8 @@ class ClipEncoder:
         against torch on a probe batch.
         Raises ModelError when onnxruntime or onnx is missing, the export fails, or the
         vectors differ from torch's (cosine under 0.999); the encoder then stays on torch.
-        Text encoding always stays on torch.
+        This encoder's texts stay on torch; `LazyEncoder` (what a Library uses) encodes
+        them with the exported text tower (`clipsearch.text_onnx`).
         """
         import torch
 

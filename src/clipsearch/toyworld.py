@@ -26,7 +26,6 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from clipsearch.atomic import atomic_writer
 
@@ -1040,6 +1039,8 @@ def generate(out_dir: str | os.PathLike[str], n: int, split: str = "train", seed
     titles: list[str] = [""] * n
     log.info("drawing %d %s images of the %s world into %s with %d workers", n, split, world, out, workers)
     with ExitStack() as stack:
+        from tqdm import tqdm  # imported here: the CLI imports this module for every command
+
         bar = stack.enter_context(tqdm(total=n, desc=f"toyworld {split}", unit="img", disable=not progress))
         if workers == 1:
             done: Iterator[list[tuple[int, str]]] = map(_render_chunk, jobs)
