@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 # held-out ones, so the folder filter and composition both have something to show.
 _PARTS = (("seen", "seen", 2 / 3, 101), ("held-out", "test", 1 / 3, 202))
 
+# A few short clips whose scenes change at known times: video results show the moment.
+DEMO_CLIPS = 8
+
 EXAMPLE_QUERIES = (
     "a red car on a road at night",
     "a red car on a road at night - night + day",
@@ -47,9 +50,9 @@ def _generated(folder: Path, n: int) -> bool:
 
 def prepare_demo(data_dir: str | Path = "data/demo", n: int = 3000, *, model: str = "toyworld",
                  pretrained: str | None = "bundled", progress: bool = False,
-                 workers: int | None = None) -> DemoSetup:
-    """Generate (once) `n` toy-world photos under `data_dir/photos`, index them into
-    `data_dir/library` and load their canonical captions as the text collection."""
+                 workers: int | None = None, clips: int = DEMO_CLIPS) -> DemoSetup:
+    """Generate (once) `n` toy-world photos and `clips` short video clips under `data_dir/photos`,
+    index them into `data_dir/library` and load the photos' canonical captions as the text collection."""
     from clipsearch import toyworld
 
     data_dir = Path(data_dir)
@@ -63,6 +66,11 @@ def prepare_demo(data_dir: str | Path = "data/demo", n: int = 3000, *, model: st
             toyworld.generate(folder, count, split=split, seed=seed, workers=workers, progress=progress)
         with (folder / "captions.csv").open(newline="", encoding="utf-8") as fh:
             canonicals.extend(row["canonical"] for row in csv.DictReader(fh))
+    if clips and not (photos / "videos.csv").is_file():  # the clips go to photos/videos/
+        from clipsearch.toyworld_video import generate_videos
+
+        log.info("generating %d toy-world video clips in %s", clips, photos / "videos")
+        generate_videos(photos, clips, seed=303)
     library_dir = data_dir / "library"
     with Library.open(library_dir, model=model, pretrained=pretrained) as lib:
         report = lib.index(photos, progress=progress)
