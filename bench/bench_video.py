@@ -35,8 +35,8 @@ sys.path.insert(0, str(HERE))
 
 
 def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 30, keyint: int | None = 30,
-               preset: str = "veryfast") -> Path:
-    """Moving shapes over a gradient, a new 'shot' every 7 s; libx264 with scene-cut detection."""
+               preset: str = "ultrafast") -> Path:
+    """Moving shapes over a gradient, a new 'shot' every 7 s (libx264; ultrafast: no scene-cut keyframes)."""
     import av
 
     with av.open(str(path), "w") as out:
@@ -48,7 +48,7 @@ def write_clip(path: Path, width: int, height: int, seconds: float, fps: int = 3
         for i in range(int(seconds * fps)):
             shot = i // (fps * 7)
             img = np.empty((height, width, 3), np.uint8)
-            img[..., 0] = base + shot * 40
+            img[..., 0] = (base.astype(np.int32) + shot * 40) % 256
             img[..., 1] = ((yy * 255) // height).astype(np.uint8)
             img[..., 2] = (shot * 70) % 256
             s = height // 4
