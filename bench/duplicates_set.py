@@ -21,7 +21,6 @@ distractor imitates.
 from __future__ import annotations
 
 import io
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path

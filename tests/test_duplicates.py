@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from clipsearch import toyworld as tw
 from clipsearch.duplicates import (
-    DuplicateGroup, DuplicateMember, DuplicatesError, PhotoFacts, choose_keeper, compare, dct_hash, rotate_hash,
+    DuplicateGroup, DuplicatesError, PhotoFacts, choose_keeper, compare, dct_hash, rotate_hash,
 )
 from clipsearch.duplicates.candidates import clip_pairs, hash_pairs
 from clipsearch.duplicates.pixels import signature_of_image

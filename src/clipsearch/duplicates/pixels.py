@@ -8,17 +8,23 @@ resized, re-encoded, cropped, rotated, retouched or captioned copy of the other)
 1. **Rotation.** The 63-bit DCT sign hash of a rotated image is a bit permutation of the
    hash, so the four rotations are compared without touching pixels; rotations far from
    the best one, or whose aspect ratio cannot match, are skipped.
-2. **Alignment.** One picture is taken as a crop (down to `MIN_CROP` of each side) of the
-   other: a coarse search over scales and offsets on 32 px copies, refined on the 128 px
-   signatures, by normalised cross-correlation.
-3. **Residual blocks.** After alignment and a least-squares exposure match, the aligned
-   pair is cut into 8 px blocks. A block is *unchanged* when its difference is within the
-   noise, *moved* when a local shift of at least `MIN_MOTION_PX` explains it (something
-   in the scene moved), and *changed* otherwise (an overlay: a caption, a watermark).
+2. **Alignment.** One picture is taken as a window (down to `MIN_CROP` of each side) of
+   the other: a coarse search over scales and offsets on 32 px copies by normalised
+   cross-correlation, then Gauss-Newton on the window and an exposure gain/offset on the
+   128 px signatures, fitted on the best-matching `TRIM` of the pixels, from the best
+   coarse windows and the whole frame; the window under which most structure agrees wins.
+3. **Residual blocks.** The aligned pair is cut into 8 px blocks; blocks without
+   structure are no evidence. A block is *unchanged* when its difference is within the
+   noise plus what half a pixel of misalignment leaves at edges both pictures have,
+   *moved* when a local shift of `MIN_MOTION_PX`..`MAX_MOTION_PX` explains it both ways
+   round and a neighbour moved the same way (an overlay is in one picture only: shifting
+   never explains it both ways), and *changed* otherwise.
 
-Copies: aligned, no moved block, at least `COPY_UNCHANGED` of the blocks unchanged.
-Moments: aligned, moved blocks, and together with the unchanged ones they cover at least
-`MOMENT_EXPLAINED` of the picture. See docs/duplicates.md for the measured rule.
+Copy: at most `COPY_MAX_MOVED` moved blocks, NCC >= `COPY_MIN_NCC` once aligned, at most
+`COPY_MAX_CHANGED` of the structure changed. Moment: NCC >= `MOMENT_MIN_NCC` and either
+`MOMENT_MIN_MOVED` moved blocks with at most `MOMENT_MAX_CHANGED` changed, or
+`MOMENT_FEW_MOVED` with at most `MOMENT_FEW_CHANGED`. docs/duplicates.md has the rule and
+its measured quality.
 """
 from __future__ import annotations
 
@@ -323,14 +329,6 @@ def _refine(src: np.ndarray, tgt: np.ndarray, box: tuple[float, float, float, fl
                 break
     box_t = tuple(float(v) for v in b)
     return _ncc(_warp(src, box_t, n, n), tgt), box_t  # type: ignore[return-value]
-
-
-def _robust_error(w: np.ndarray, t: np.ndarray) -> float:
-    """Mean of the smallest 80 % of |t - (g w + o)|, relative to t's spread: overlays and movers don't count."""
-    A = np.stack([w.ravel(), np.ones(w.size, np.float32)], 1)
-    r = np.abs(t.ravel() - A @ _lstsq(A, t.ravel()))
-    k = int(TRIM * r.size)
-    return float(np.partition(r, k)[:k].mean() / (t.std() + 1e-6))
 
 
 # -- residual blocks ---------------------------------------------------------------------
