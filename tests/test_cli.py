@@ -67,7 +67,8 @@ def test_search_similar_describe_texts_info_rebuild(tmp_path: Path, indexed: Pat
                                                   colour_photos: dict[str, str], fake_models: list) -> None:
     hits = run_json(capsys, "search", "red", "-l", indexed, "-k", 3)
     assert len(hits) == 3 and hits[0]["path"] == colour_photos["red"]
-    assert set(hits[0]) == {"path", "score", "id", "time", "segment", "moments"} and hits[0]["time"] is None
+    assert set(hits[0]) == {"path", "score", "id", "time", "segment", "moments", "taken_at", "place", "camera"}
+    assert hits[0]["time"] is None
     # The query is the words joined; arithmetic works through the command line.
     hits = run_json(capsys, "search", "red", "+", "blue", "-l", indexed, "-k", 2)
     assert {h["path"] for h in hits} == {colour_photos["red"], colour_photos["blue"]}

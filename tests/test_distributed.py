@@ -440,3 +440,32 @@ def test_cli_index_with_ray_matches_one_machine(ray_cluster: str, photos: Path, 
     assert "index rebuilt from stored vectors on Ray: 40 images" in capsys.readouterr().out
     with Library.open(tmp_path / "ray", create=False) as lib:
         assert lib.vector_index.kind == "ivfsq8" and is_on_disk(lib.vector_index)
+
+
+def test_photo_metadata_on_ray_as_on_one_machine(ray_cluster: str, tmp_path: Path) -> None:
+    # The default readers carry photo metadata (clipsearch.metadata): a Ray run records the same.
+    from clipsearch import toyworld
+    from clipsearch.metadata import METADATA_COLUMNS
+
+    root = tmp_path / "toy"
+    toyworld.generate(root, 16, split="seen", seed=4, workers=1, progress=False)
+    columns = [name for name, _ in METADATA_COLUMNS]
+
+    def by_path(lib: Library) -> dict[str, dict]:
+        rows = lib.catalog.images_under(str(root))
+        facts = lib.catalog.facts([r.id for r in rows.values()], columns)
+        return {path: facts[row.id] for path, row in rows.items()}
+
+    with Library.open(tmp_path / "single", encoder=FakeEncoder()) as single:
+        single.index(root, index_kind="flat")
+        expected = by_path(single)
+    with Library.open(tmp_path / "ray", encoder=FakeEncoder()) as dist:
+        index_on_ray(dist, root, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=2, batch_size=8),
+                     index_kind="flat")
+        got = by_path(dist)
+        assert got == expected and len(got) == 16
+        assert sum(f["place_city"] is not None for f in got.values()) >= 8
+        assert all(f["taken_at"] and f["file_type"] == "jpeg" for f in got.values())
+        city = next(f["place_city"] for f in got.values() if f["place_city"])
+        hits = dist.search(f'place:"{city}"', k=50)
+        assert hits and all(h.place and h.place.startswith(city) for h in hits)

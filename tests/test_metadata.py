@@ -287,3 +287,14 @@ def test_uses_the_callers_image(tmp_path: Path) -> None:
 ])
 def test_camera_name(make: str | None, model: str | None, expected: str | None) -> None:
     assert camera_name(make, model) == expected
+
+
+def test_decoded_image_gives_the_files_size(tmp_path: Path) -> None:
+    from clipsearch.images import load_image
+
+    w = Writer(False)
+    path = _save(tmp_path / "rot.jpg", w.exif(_iphone(w)), "JPEG")  # 64x48 stored, orientation 6
+    small = load_image(path, target_size=16)
+    m = read_metadata(path, small)
+    assert (m.pixel_width, m.pixel_height, m.orientation) == (64, 48, 6)
+    assert m.camera == "Apple iPhone 12"

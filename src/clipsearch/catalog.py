@@ -155,6 +155,7 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.create_function("distance_km", 4, _distance_km, deterministic=True)  # near: filters
             self._check_schema()
             self._fact_columns = self._columns() - _BASE_COLUMNS
         except sqlite3.DatabaseError as exc:
@@ -247,6 +248,34 @@ class Catalog:
                                         chunk):
                 out[row[0]] = dict(zip(columns, row[1:]))
         return out
+
+    def ids_where(self, where: str, params: Sequence[Any] = ()) -> np.ndarray:
+        """Ids of indexed images matching a SQL condition on the images table (see `clipsearch.query.filters_where`)."""
+        rows = self._db.execute(f"SELECT id FROM images WHERE status='ok' AND ({where})", list(params))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+
+    def ordered_ids(self, where: str, params: Sequence[Any], column: str, *, descending: bool = True,
+                    ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
+        """Ids of indexed images matching `where` (and among `ids` when given) ordered by fact `column`, missing values last."""
+        if column not in self._fact_columns:
+            raise CatalogError(f"the catalog {self.path} has no fact column {column!r}")
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            found: list[tuple[Any, int]] = []
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                found += self._db.execute(
+                    f'SELECT "{column}", id FROM images WHERE status=\'ok\' AND ({where}) AND id IN '
+                    f"({','.join('?' * len(chunk))})", [*params, *chunk]).fetchall()
+            known = sorted((r for r in found if r[0] is not None), reverse=descending)
+            order = [i for _, i in known] + sorted((i for v, i in found if v is None), reverse=descending)
+            return order[:limit] if limit is not None else order
+        # NULLs sort first in SQLite: descending puts them last and lets the column's index serve the order.
+        sql = (f"SELECT id FROM images WHERE status='ok' AND ({where}) ORDER BY "
+               + (f'"{column}" DESC, id DESC' if descending else f'"{column}" IS NULL, "{column}", id'))
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [r[0] for r in self._db.execute(sql, list(params))]
 
     def rows_missing_facts(self, readers: "Sequence[FactReader]", root: str | None = None) -> list[ImageRow]:
         """Indexed rows (under folder `root`, if given) that some reader has not read at its current version."""
@@ -669,3 +698,8 @@ class Catalog:
     def concepts_version(self) -> int:
         """Bumped by every change to the concepts (by any process): for caches of them."""
         return int(self.get_meta("concepts_version", "0") or 0)
+
+def _distance_km(lat: float | None, lon: float | None, lat0: float, lon0: float) -> float | None:
+    from clipsearch.query import distance_km
+
+    return distance_km(lat, lon, lat0, lon0)

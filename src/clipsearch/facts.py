@@ -74,8 +74,9 @@ class FactReader(Protocol):
 def default_readers() -> tuple[FactReader, ...]:
     """The readers a library uses unless told otherwise (each feature adds its reader here)."""
     from clipsearch.duplicates.facts import PHASH_READER
+    from clipsearch.metadata import METADATA_READER
 
-    return (PHASH_READER,)
+    return (PHASH_READER, METADATA_READER)
 
 
 def version_column(name: str) -> str:

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -33,7 +33,9 @@ from clipsearch.errors import CatalogError, ClipSearchError, ConceptError, Libra
 from clipsearch.facts import default_readers
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
+from clipsearch.errors import QueryError
 from clipsearch.indexer import Indexer, IndexReport
+from clipsearch.query import Query, parse
 from clipsearch.scan import FileRecord
 from clipsearch.search import Hit, Searcher, TextHit
 
@@ -472,30 +474,52 @@ class Library:
         return self.catalog.remove_concept(check_name(name))
 
     # -- reading ------------------------------------------------------------------------
-    def search(self, query: str, k: int = 20, *, min_score: float | None = None,
+    def search(self, query: "str | Query", k: int = 20, *, min_score: float | None = None,
                folder: str | os.PathLike | None = None) -> list[Hit]:
-        """Text→image search; the query may use arithmetic (`beach + sunset - people`, `2:dog`, `photo.jpg + night`)."""
+        """Text→image search with the query language of `clipsearch.query`.
+
+        Words may use arithmetic (`beach + sunset - people`, `2:dog`, `photo.jpg + night`)
+        and filters (`after:2019-06 place:Lisbon camera:"Pixel 7" sort:date`); a `Query`
+        built in Python works the same. `min_score` and `folder` add to the query's own.
+        """
         self.refresh()
-        return self.searcher.search_vector(self.searcher.query_vector(query), k, min_score=min_score,
-                                           folder=os.fspath(folder) if folder else None)
+        return self.searcher.run(self._query(query, min_score, folder), k)
+
+    def _query(self, query: "str | Query | None", min_score: float | None, folder: str | os.PathLike | None
+               ) -> Query:
+        q = parse(query or "") if not isinstance(query, Query) else query
+        if min_score is not None:
+            q = replace(q, min_score=min_score)
+        if folder:
+            path = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+            if q.filters.folders and path not in q.filters.folders:
+                raise QueryError(f"two folder filters ({q.filters.folders[0]} and {path}): give one")
+            q = q.with_filters(folders=(path,))
+        return q
 
     def search_image(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 20, *,
                      text: str | None = None, text_weight: float = 1.0, min_score: float | None = None,
-                     folder: str | os.PathLike | None = None, exclude_self: bool = True) -> list[Hit]:
+                     folder: str | os.PathLike | None = None, exclude_self: bool = True,
+                     query: "str | Query | None" = None) -> list[Hit]:
         """Image→image search. `image` is a path, bytes, a PIL image or an indexed id (or "#ID"); `text` modifies it
-        ("at night")."""
+        ("at night").
+
+        `query` brings filters, order and cutoff (`place:Lisbon sort:date`); its words, if
+        any, modify the image as `text` does.
+        """
         from clipsearch.search import combine, image_ref
 
         self.refresh()
         image = image_ref(image)
+        q = self._query(query, min_score, folder)
         vec = self.searcher.image_vector(image)
-        if text:
-            vec = combine(np.stack([vec, self.searcher.query_vector(text)]), [1.0, text_weight])
+        for words in (text, q.text):
+            if words:
+                vec = combine(np.stack([vec, self.searcher.query_vector(words)]), [1.0, text_weight])
         exclude = ()
         if exclude_self:
             exclude = (int(image),) if isinstance(image, (int, np.integer)) else self._ids_of_path(image)
-        return self.searcher.search_vector(vec, k, min_score=min_score, folder=os.fspath(folder) if folder else None,
-                                           exclude_ids=exclude)
+        return self.searcher.run(q, k, vector=vec, exclude_ids=exclude)
 
     def _ids_of_path(self, image: object) -> tuple[int, ...]:
         if isinstance(image, (str, os.PathLike)):

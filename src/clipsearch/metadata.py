@@ -328,6 +328,7 @@ class _Raw:
     gps: dict[int, Any]
     xmp: str | None = None
     size: tuple[int, int] | None = None
+    size_upright: bool = False  # `size` is after EXIF rotation (clipsearch.images' "original_size")
 
 
 def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
@@ -429,8 +430,12 @@ def _exif_blob(image: Image.Image) -> bytes | None:
 def _from_image(image: Image.Image) -> _Raw:
     blob = _safe(lambda: _exif_blob(image))
     ifd0, sub, gps = _safe(lambda: parse_exif(blob), ({}, {}, {})) if blob else ({}, {}, {})
-    size = _safe(lambda: tuple(int(v) for v in image.size))
-    return _Raw(ifd0, sub, gps, _safe(lambda: _xmp_text(image)), size)
+    original = (getattr(image, "info", None) or {}).get("original_size")
+    if original is not None:  # an image clipsearch decoded, maybe reduced: its file's size, upright
+        size = _safe(lambda: tuple(int(v) for v in original))
+    else:
+        size = _safe(lambda: tuple(int(v) for v in image.size))
+    return _Raw(ifd0, sub, gps, _safe(lambda: _xmp_text(image)), size, size_upright=original is not None)
 
 
 def _from_tiff_head(path: str) -> _Raw:
@@ -451,7 +456,7 @@ def _open_raw(path: str, image: Image.Image | None) -> _Raw:
     if ext in _TIFF_RAW or ext in (".tif", ".tiff"):
         raw = _safe(lambda: _from_tiff_head(path), None) or _Raw({}, {}, {})
         if image is not None and ext in (".tif", ".tiff"):
-            raw.size = _safe(lambda: tuple(int(v) for v in image.size))
+            raw.size, raw.size_upright = _from_image(image).size, True
         return raw
     if ext in (".heic", ".heif", ".avif"):
         _safe(_register_heif)
@@ -559,6 +564,8 @@ def _facts(path: str, raw: _Raw, stat: os.stat_result | None) -> PhotoMetadata:
     iso = int(iso_value) if iso_value is not None and 1 <= iso_value <= 10_000_000 else None
     orientation = _number(ifd0.get(_ORIENTATION))
     width, height = raw.size if raw.size else (None, None)
+    if raw.size_upright and orientation in (5, 6, 7, 8):
+        width, height = height, width  # the stored size, as the EXIF orientation refers to it
     return PhotoMetadata(
         taken_at=iso_taken_at(taken) if taken is not None else None,
         taken_ts=wall_seconds(taken) if taken is not None else None,

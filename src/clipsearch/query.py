@@ -219,8 +219,8 @@ class Query:
             raise QueryError(f"unknown order {self.sort!r}; choose one of {', '.join(SORTS)}")
         if self.min_score is not None and self.min_score != AUTO:
             value = float(self.min_score)
-            if not (math.isfinite(value) and -1.0 <= value <= 1.0):
-                raise QueryError(f"min:{self.min_score} must be a cosine score between -1 and 1, or auto")
+            if not math.isfinite(value):
+                raise QueryError(f"min:{self.min_score} must be a cosine score (between -1 and 1), or auto")
             object.__setattr__(self, "min_score", value)
         object.__setattr__(self, "text", " ".join(self.text.split()))
 
@@ -343,8 +343,8 @@ def _min(acc: dict[str, Any], key: str, value: str) -> None:
         score = float(value)
     except ValueError:
         raise QueryError(f"invalid min:{value}: give a cosine score like min:0.25, or min:auto") from None
-    if not (math.isfinite(score) and -1 <= score <= 1):
-        raise QueryError(f"invalid min:{value}: a cosine score is between -1 and 1")
+    if not math.isfinite(score):
+        raise QueryError(f"invalid min:{value}: give a cosine score between -1 and 1, like min:0.25")
     acc["min"] = score
 
 

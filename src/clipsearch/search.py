@@ -7,6 +7,7 @@ indexed image with catalog id 42). Operators need a space on both sides, so
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ import numpy as np
 from clipsearch.catalog import Catalog
 from clipsearch.concepts import Concept, concept_from_row, resolve_text
 from clipsearch.errors import QueryError
+from clipsearch.query import AUTO, Filters, Query, filters_where, parse
 from clipsearch.images import is_supported, load_image
 from clipsearch.index import VectorIndex
 from clipsearch.moments import group_moments
@@ -25,9 +27,17 @@ from clipsearch.moments import group_moments
 if TYPE_CHECKING:
     from PIL import Image
 
+    from clipsearch.cutoff import Calibration
     from clipsearch.encoder import Encoder
 
 log = logging.getLogger(__name__)
+
+# Filters letting through at most this many photos are searched exactly over their stored
+# vectors instead of through the index (measured crossover: docs/performance.md).
+EXACT_FILTER_MAX = 20_000
+# A date-ordered query orders at most this many of its best photos above the cutoff.
+DATE_ORDER_MAX = 10_000
+_HIT_FACTS = ("taken_at", "place_city", "place_country", "camera")
 
 # The operator keeps its following space in the next piece, so "a +  + b" and "a +" leave an empty term.
 _SPLIT = re.compile(r"\s+([+-])(?=\s|$)")
@@ -37,19 +47,24 @@ _IMAGE_ID = re.compile(r"^#(\d+)$")
 
 @dataclass(frozen=True)
 class Hit:
-    """An image result: its path, cosine score and catalog id.
+    """An image result: its path, cosine score (None when a query of filters alone listed it) and catalog id.
 
     For a video, `path` is the video file, `id` its best-matching frame, `time` that
     frame's second and `segment` the matching stretch (start, end) in seconds; both are
-    None for photos.
+    None for photos. `taken_at` (ISO 8601, with the UTC offset when known), `place`
+    ("Lisbon, Portugal") and `camera` ("Google Pixel 7") come from the file's metadata,
+    when it has them.
     """
 
     path: str
-    score: float
+    score: float | None
     id: int
     time: float | None = None
     segment: tuple[float, float] | None = None
     moments: tuple[tuple[float, float], ...] = ()  # a video's other good stretches, best first
+    taken_at: str | None = None
+    place: str | None = None
+    camera: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ class Searcher:
         self._texts_version = -1
         self._concepts: dict[str, Concept] = {}
         self._concepts_version = -1
+        self.calibration: "Calibration | None" = None  # min:auto's cutoff for this library (clipsearch.cutoff)
 
     @property
     def encoder(self) -> "Encoder":
@@ -201,21 +217,137 @@ class Searcher:
                 vectors.append(self.image_vector(term.image_path))
         return combine(np.stack(vectors), [t.weight for t in terms])
 
-    # -- image search -----------------------------------------------------------------
-    def search_vector(self, vector: np.ndarray, k: int = 20, *, min_score: float | None = None,
-                      folder: str | None = None, exclude_ids: Sequence[int] = ()) -> list[Hit]:
-        """Nearest indexed images to a unit vector, best first."""
+    # -- queries (clipsearch.query) ------------------------------------------------------
+    def allowed_ids(self, filters: Filters) -> np.ndarray | None:
+        """The ids of the indexed photos `filters` lets through, from SQLite; None when nothing is filtered."""
+        if not filters:
+            return None
+        from clipsearch.metadata import METADATA_COLUMNS
+
+        needs_metadata = filters.after or filters.before or filters.places or filters.countries or filters.cameras \
+            or filters.lenses or filters.types or filters.near
+        if needs_metadata and not all(name in self.catalog.fact_columns for name, _ in METADATA_COLUMNS):
+            raise QueryError("this library has no photo metadata yet: run `clipsearch index` on its folders once "
+                             "(it reads the metadata of the photos already indexed, without re-encoding them)")
+        where, params = filters_where(filters)
+        return self.catalog.ids_where(where, params)
+
+    def run(self, query: "Query | str", k: int = 20, *, vector: np.ndarray | None = None,
+            exclude_ids: Sequence[int] = ()) -> list[Hit]:
+        """The hits of a query: its words ranked by score, or in date order above a cutoff; filters alone by date.
+
+        `vector`, when given, stands for the query's words (image→image search with filters).
+        """
+        if isinstance(query, str):
+            query = parse(query)
+        if vector is None and not query.has_words and not query.filters:
+            raise QueryError("empty query: type some words, an image path, an expression like 'beach + sunset - people', "
+                             "or filters like 'place:Lisbon after:2019'")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        allowed = None
+        allowed = self.allowed_ids(query.filters)
+        if allowed is not None and not len(allowed):
+            return []
+        words = vector is not None or query.has_words
+        order = query.sort if words else query.effective_sort
+        if not words:
+            where, params = filters_where(query.filters)
+            ids = self.catalog.ordered_ids(where, params, "taken_ts", descending=order != "oldest", limit=k)
+            rows = self.catalog.get_images(ids)
+            return self._with_facts([Hit(rows[i].path, None, i) for i in ids if i in rows])
+        if vector is None:
+            vector = self.query_vector(query.text)
+        cutoff = query.min_score if query.min_score is not None else (AUTO if order != "score" else None)
+        if cutoff == AUTO:
+            cutoff = self.auto_cutoff(vector)
+        if order == "score":
+            hits = self.search_vector(vector, k, min_score=cutoff, allowed_ids=allowed, exclude_ids=exclude_ids)
+            return self._with_facts(hits)
+        pairs = self._above(vector, cutoff, allowed, exclude_ids)
+        if not pairs:
+            return []
+        rows = self.catalog.get_images(i for _, i in pairs)
+        hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
+        hits = group_moments(self.catalog, hits, vector, self.index.dim, exclude=set(int(i) for i in exclude_ids))
+        by_id = {h.id: h for h in hits}
+        ids = self.catalog.ordered_ids("1", [], "taken_ts", descending=order == "newest", ids=list(by_id), limit=k)
+        return self._with_facts([by_id[i] for i in ids])
+
+    def auto_cutoff(self, vector: np.ndarray) -> float:
+        """The score above which a photo matches the query vector, calibrated for this library's model (`min:auto`)."""
+        from clipsearch.cutoff import auto_cutoff
+
+        return auto_cutoff(self, vector)
+
+    def _above(self, vector: np.ndarray, cutoff: float | None, allowed: np.ndarray | None,
+               exclude_ids: Sequence[int]) -> list[tuple[float, int]]:
+        """(score, id) of every photo scoring at least `cutoff` (at most DATE_ORDER_MAX of the best)."""
+        excluded = set(int(i) for i in exclude_ids)
+        fetch = min(256, DATE_ORDER_MAX)
+        while True:
+            scores, ids = self.nearest(vector, fetch + len(excluded), allowed)
+            found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+            kept = [(s, i) for s, i in found if i not in excluded and (cutoff is None or s >= cutoff)]
+            exhausted = len(found) < fetch + len(excluded) or (cutoff is not None and found and found[-1][0] < cutoff)
+            if exhausted or fetch >= DATE_ORDER_MAX:
+                if not exhausted:
+                    log.info("date order: more than %d photos pass the cutoff; ordering the best %d", DATE_ORDER_MAX,
+                             DATE_ORDER_MAX)
+                rows = self.catalog.get_images(i for _, i in kept)
+                return [(s, i) for s, i in kept if i in rows][:DATE_ORDER_MAX]
+            fetch = min(fetch * 4, DATE_ORDER_MAX)
+
+    def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) rows for one vector, among `allowed` ids when given (-1 ids pad a short result).
+
+        A narrow set (at most `EXACT_FILTER_MAX` ids) is searched exactly over its stored
+        vectors; a broad one through the index with a FAISS id selector (which for IVF
+        kinds probes proportionally more lists, see `VectorIndex.search`). The crossover
+        was measured: docs/performance.md, "Filtered search".
+        """
+        if allowed is None or len(allowed) > EXACT_FILTER_MAX:
+            return self.index.search(vector[None, :], k, allowed_ids=allowed)
+        ids, vecs = self.catalog.vectors_of(np.asarray(allowed).tolist(), self.index.dim)
+        from clipsearch.index import exact_search
+
+        if not len(ids):
+            return np.full((1, k), -np.inf, np.float32), np.full((1, k), -1, np.int64)
+        scores, found = exact_search(vecs, ids, vector, k)
+        pad = k - scores.shape[1]
+        if pad > 0:
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            found = np.pad(found, ((0, 0), (0, pad)), constant_values=-1)
+        return scores.astype(np.float32), found.astype(np.int64)
+
+    def _with_facts(self, hits: Sequence[Hit]) -> list[Hit]:
+        """The hits with their capture time, place and camera (from the catalog's metadata columns)."""
+        columns = [c for c in _HIT_FACTS if c in self.catalog.fact_columns]  # none in a library without metadata
+        facts = self.catalog.facts([h.id for h in hits], columns) if columns else {}
+        out = []
+        for h in hits:
+            f = facts.get(h.id, {})
+            place = ", ".join(p for p in (f.get("place_city"), f.get("place_country")) if p) or None
+            out.append(dataclasses.replace(h, taken_at=f.get("taken_at"), place=place, camera=f.get("camera")))
+        return out
+
+    # -- image search -----------------------------------------------------------------
+    def search_vector(self, vector: np.ndarray, k: int = 20, *, min_score: float | None = None,
+                      folder: str | None = None, exclude_ids: Sequence[int] = (),
+                      allowed_ids: np.ndarray | None = None) -> list[Hit]:
+        """Nearest indexed images to a unit vector, best first; only among `allowed_ids` when given."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        allowed = allowed_ids
         if folder:
-            allowed = self.catalog.ids_under(os.path.abspath(os.path.expanduser(folder)))
-            if not len(allowed):
-                return []
+            under = self.catalog.ids_under(os.path.abspath(os.path.expanduser(folder)))
+            allowed = under if allowed is None else np.intersect1d(allowed, under)
+        if allowed is not None and not len(allowed):
+            return []
         excluded = set(int(i) for i in exclude_ids)
         fetch = k + len(excluded)
         while True:
-            scores, ids = self.index.search(vector[None, :], fetch, allowed_ids=allowed)
+            scores, ids = self.nearest(vector, fetch, allowed)
             found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
             pairs = [(s, i) for s, i in found if i not in excluded and (min_score is None or s >= min_score)]
             rows = self.catalog.get_images(i for _, i in pairs)

@@ -27,7 +27,11 @@ def _print_hits(hits: Sequence[Any], as_json: bool) -> None:
             from clipsearch.video import format_time
 
             label += f" @ {format_time(segment[0])}–{format_time(segment[1])}"
-        print(f"{h.score:.4f}  {label}")
+        taken = getattr(h, "taken_at", None)
+        about = " · ".join(x for x in (taken[:16].replace("T", " ") if taken else None, getattr(h, "place", None),
+                                      getattr(h, "camera", None)) if x)
+        score = "-" if h.score is None else f"{h.score:.4f}"
+        print(f"{score}  " + (f"[{about}]  " if about else "") + label)
 
 
 def add_index_choice_args(p: argparse.ArgumentParser) -> None:
@@ -100,14 +104,18 @@ def _common_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from clipsearch.query import parse
+
+    query = parse(" ".join(args.query))  # a bad filter is reported before the library and model load
     with open_library(args) as lib:
-        _print_hits(lib.search(" ".join(args.query), k=args.k, min_score=args.min_score, folder=args.folder), args.json)
+        _print_hits(lib.search(query, k=args.k, min_score=args.min_score, folder=args.folder), args.json)
     return 0
 
 
 def _cmd_similar(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
-        hits = lib.search_image(args.image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder)
+        hits = lib.search_image(args.image, k=args.k, text=args.text, min_score=args.min_score, folder=args.folder,
+                                query=args.query)
         _print_hits(hits, args.json)
     return 0
 
@@ -222,9 +230,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_ray_args(p)
     p.set_defaults(func=_cmd_index)
 
-    p = sub.add_parser("search", help="text → image search (with query arithmetic)",
+    p = sub.add_parser("search", help="text → image search (with query arithmetic and filters)",
                        description="Query arithmetic: 'beach + sunset - people', '2:dog + cat', "
-                                   "'photo.jpg + at night', '#42 - snow' (#42: indexed image id 42).")
+                                   "'photo.jpg + at night', '#42 - snow' (#42: indexed image id 42). "
+                                   "Filters: after:2019-06 before:2019-09 place:Lisbon country:PT "
+                                   "camera:\"Pixel 7\" lens:35mm type:raw|heic folder:~/Pictures "
+                                   "near:38.72,-9.14,5km; order and cutoff: sort:date (newest first), "
+                                   "sort:oldest, min:0.25, min:auto. Filters alone list photos newest first.")
     p.add_argument("query", nargs="+", help="the query")
     add_library_args(p)
     _common_search_args(p)
@@ -233,6 +245,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("similar", help="image → image search")
     p.add_argument("image", help="an image file, or #ID of an indexed image")
     p.add_argument("--text", default=None, help="a text modifier added to the image, e.g. 'at night'")
+    p.add_argument("--query", default=None, metavar="FILTERS",
+                   help="filters, order and cutoff in the search syntax, e.g. 'place:Lisbon after:2019 sort:date'")
     add_library_args(p)
     _common_search_args(p)
     p.set_defaults(func=_cmd_similar)
