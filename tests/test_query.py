@@ -39,13 +39,15 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("text", ["daytime: a red car in the field", "see http://example.com/a", "2:dog + 0.5:night",
+                                  "purple:2 + orange", "a 16:9 photo",
                                   "#42 - snow", "a t-shirt"])
 def test_words_with_colons_stay_words(text: str) -> None:
     assert parse(text).text == text and not parse(text).filters
 
 
 @pytest.mark.parametrize("text, names", [
-    ("dog foo:bar", ["foo:", "after:", "place:"]),
+    ("dog foo:bar", ["foo:", "after:", "place:"]), ("aftr:2019", ["aftr:", "did you mean after:?"]),
+    ("red plce:Lisbon", ["plce:", "did you mean place:?"]),
     ("after:2019-13", ["2019-13"]), ("before:yesterday", ["yesterday", "2019-06"]),
     ("type:gif|mov", ["mov", "raw"]), ("near:1,2,3parsecs", ["3parsecs", "5km"]), ("near:91,0", ["91"]),
     ("near:abc", ["near:abc"]), ("min:nan", ["min:nan"]), ("min:high", ["min:high", "auto"]),

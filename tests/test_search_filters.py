@@ -210,3 +210,70 @@ def test_filtered_search_matches_a_brute_force_oracle(meta_lib) -> None:
             assert set(h.id for h in hits) <= set(allowed.tolist()), text
             for h in hits:
                 assert float(vecs[ids == h.id][0] @ v) == pytest.approx(h.score, abs=1e-5)
+
+
+# -- the web UI's filter widgets build the same typed query ----------------------------------
+def test_ui_filters_date_order_status_and_details(meta_lib) -> None:
+    pytest.importorskip("gradio")
+    from clipsearch_ui.handlers import Handlers, Where
+
+    lib, photos = meta_lib
+    h = Handlers(lib)
+    by_path = {p: n for n, p in photos.items()}
+    out = h.search_text("red", 10, 0.0, "", Where.of(place="Lisbon|Tokyo"))
+    assert [by_path[s["path"]] for s in out.shown] == ["red_lisbon", "red_tokyo", "blue_lisbon"]
+    assert out.status.endswith("for “red” · in Lisbon or Tokyo")
+    # Filters alone, no words: the photos they match, newest first, without scores.
+    out = h.search_text("", 10, 0.0, "", Where.of(after="2019", camera="Pixel 7"))
+    assert [by_path[s["path"]] for s in out.shown] == ["red_tokyo", "red_lisbon"]
+    assert all(s["score"] is None for s in out.shown) and "after 2019" in out.status
+    out = h.rerun(None, 10, 0.0, "", Where.of(types=["png"]))
+    assert [by_path[s["path"]] for s in out.shown] == ["blue_lisbon"]
+    # Newest first among the relevant photos; the status says so.
+    cutoff = sorted(x.score for x in lib.search("red", k=20))[-4] - 1e-6
+    out = h.search_text(f"red min:{cutoff}", 10, 0.0, "", Where.of(newest=True))
+    assert [by_path[s["path"]] for s in out.shown] == ["red_tokyo", "red_lisbon", "red_paris", "red_plain"]
+    assert "newest first" in out.status
+    bad = h.search_text("red", 10, 0.0, "", Where.of(after="June"))
+    assert bad.shown == [] and "June" in bad.status
+    # The photo panel: when (and from what), where, with what.
+    details = h.photo(lib.catalog.find_path(photos["red_lisbon"]).id).details
+    assert "taken 2019-07-04 18:30 (UTC+01:00)" in details and "Lisbon, Portugal" in details
+    assert "Google Pixel 7" in details
+    plain = h.photo(lib.catalog.find_path(photos["red_plain"]).id).details
+    assert "taken 2016-01-01 12:00 — date from the file name" in plain
+    # Image search with the widgets' filters.
+    like = h.more_like(lib.catalog.find_path(photos["red_lisbon"]).id, None, 5, 0.0, "", Where.of(place="Paris"))
+    assert {by_path[s["path"]] for s in like.shown} == {"red_paris", "yellow_paris"}
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfsq8"])
+def test_every_filtered_path_against_brute_force(tmp_path: Path, kind: str) -> None:
+    """Narrow (exact over stored vectors), middling (id selector) and broad (deeper search, filtered after) sets."""
+    from clipsearch.catalog import NewImage
+    from clipsearch.index import recall_at_k
+    from clipsearch.search import BROAD_FILTER, EXACT_FILTER_MAX
+
+    n, dim = 4000, 16
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    enc = FakeEncoder()
+    enc.dim = dim
+    lib = Library.open(tmp_path / "lib", encoder=enc)
+    lib.catalog.add_images([NewImage(f"/x/{i}.jpg", 1, 0, vecs[i], facts={"taken_ts": float(i)}) for i in range(n)])
+    lib.rebuild_index(index_kind=kind)
+    ids, stored = lib.vectors()
+    queries = rng.standard_normal((20, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for fraction in (EXACT_FILTER_MAX / 2 / n, 0.05, 0.2, BROAD_FILTER + 0.1, 0.9):
+        first = int(n * (1 - fraction))
+        allowed = lib.catalog.ids_where("taken_ts >= ?", [float(first)])
+        assert len(allowed) == n - first
+        mask = np.isin(ids, allowed)
+        _, truth = exact_search(stored[mask], ids[mask], queries, 10)
+        found = np.stack([lib.searcher.nearest(q, 10, allowed)[1][0] for q in queries])
+        assert np.isin(found[found >= 0], allowed).all()
+        recall = recall_at_k(found, truth, 10)
+        assert recall == 1.0 if kind == "flat" else recall >= 0.9, (kind, fraction, recall)
+    lib.close()

@@ -13,6 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
+# The Search tab's photo metadata filters (taken from, before, place, camera, types, newest first): none.
+NO_META_FILTERS = ["", "", "", "", [], False]
+
 pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
@@ -154,7 +157,7 @@ def test_file_routes_refuse_private_and_arbitrary_paths(served):
 
 def test_results_are_ids_and_names_with_thumbnails_from_the_api(served):
     with served.client() as c:
-        event, out = call(c, "search", ["red", 2, 0, ""])
+        event, out = call(c, "search", ["red", 2, 0, "", *NO_META_FILTERS])
         assert event == "complete"
         grid, status = out[0], out[1]
         first = grid["hits"][0]
@@ -172,7 +175,7 @@ def test_results_are_ids_and_names_with_thumbnails_from_the_api(served):
 def test_the_api_takes_no_path_that_was_not_uploaded(served):
     with served.client() as c:
         for path in (str(served.lib / "catalog.sqlite"), served.photos["red"], "/etc/passwd"):
-            event, out = call(c, "search_image", [file_data(path), "", 3, 0, ""])
+            event, out = call(c, "search_image", [file_data(path), "", 3, 0, "", *NO_META_FILTERS])
             assert event == "error" and not out.get("error"), path  # refused, no detail leaked
 
 
@@ -180,10 +183,10 @@ def test_queries_cannot_reach_unindexed_ids_or_files(served):
     with served.client() as c:
         broken = served.library.catalog.find_path(str(served.root / "photos" / "broken.jpg"))
         for query in ("#99999", f"#{broken.id}"):
-            event, out = call(c, "search", [query, 3, 0, ""])
+            event, out = call(c, "search", [query, 3, 0, "", *NO_META_FILTERS])
             assert event == "complete" and out[0]["hits"] == [] and "no indexed image" in out[1]
         for query in (served.photos["yellow"], served.photos["red"] + " + night"):
-            event, out = call(c, "search", [query, 3, 0, ""])
+            event, out = call(c, "search", [query, 3, 0, "", *NO_META_FILTERS])
             assert event == "complete" and out[0]["hits"] == [] and "file path" in out[1]
 
 
@@ -194,10 +197,10 @@ def test_uploads_are_size_limited_and_decoded_safely(served):
         r = c.post("/gradio_api/upload", files={"files": ("blue.jpg", Path(served.photos["blue"]).read_bytes(),
                                                           "image/jpeg")})
         assert r.status_code == 200
-        event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, ""])
+        event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, "", *NO_META_FILTERS])
         assert event == "complete" and out[0]["hits"][0]["name"] == "blue.jpg"
         r = c.post("/gradio_api/upload", files={"files": ("fake.png", b"GIF89a" + b"\0" * 64, "image/png")})
-        event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, ""])
+        event, out = call(c, "search_image", [file_data(r.json()[0]), "", 2, 0, "", *NO_META_FILTERS])
         if event == "complete":  # Gradio read the header and passed it on: our loader refuses it
             assert out[0]["hits"] == [] and out[1].startswith("⚠️ Can't use fake.png: ")
         else:  # Gradio's own header check refused it first
@@ -211,14 +214,14 @@ def test_login_required_for_everything_but_the_login_page(served_with_login):
         for path in ("/config", "/gradio_api/info", f"/gradio_api/file={thumb}", "/gradio_api/queue/status"):
             r = anon.get(path)
             assert r.status_code == 401, path
-        event, detail = call(anon, "search", ["red", 3, 0, ""])
+        event, detail = call(anon, "search", ["red", 3, 0, "", *NO_META_FILTERS])
         assert event == "http 401" and "photos" not in detail
         r = anon.post("/login", data={"username": USER, "password": "wrong"})
         assert r.status_code in (400, 401)
-        assert call(anon, "search", ["red", 3, 0, ""])[0] == "http 401"
+        assert call(anon, "search", ["red", 3, 0, "", *NO_META_FILTERS])[0] == "http 401"
     with s.client() as user:
         assert user.post("/login", data={"username": USER, "password": PASSWORD}).status_code == 200
-        event, out = call(user, "search", ["red", 3, 0, ""])
+        event, out = call(user, "search", ["red", 3, 0, "", *NO_META_FILTERS])
         assert event == "complete" and out[0]["hits"][0]["name"] == "red.jpg"
         # The login does not widen the file routes.
         assert refused(user.get(f"/gradio_api/file={s.lib / 'catalog.sqlite'}"))

@@ -15,12 +15,14 @@ import os
 import re
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
 from clipsearch.images import is_supported, load_image
 from clipsearch.video import format_time, is_video, split_frame_path
+from clipsearch.query import Filters, Query, parse
 from clipsearch.search import parse_query
 from clipsearch.texts import parse_labels  # noqa: F401  (re-exported: the labels box)
 
@@ -50,6 +52,48 @@ EMPTY_TEXTS = ("The text collection is empty: add labels below (for example *a d
 
 Shown = list[dict]  # the results a session's grid shows, in order: {"id", "path", "score"}
 Last = dict  # what the session searched last: {"kind": "text"|"upload"|"like", ...}; re-run by filters and "load more"
+
+
+@dataclass(frozen=True)
+class Where:
+    """The filter widgets' values (capture dates, place, camera, file types, newest first).
+
+    `apply` adds them to a `Query` (the typed query object every interface builds): the
+    widgets and any filters typed into the query box must all hold.
+    """
+
+    after: str = ""
+    before: str = ""
+    place: str = ""
+    camera: str = ""
+    types: tuple[str, ...] = ()
+    newest: bool = False
+
+    @classmethod
+    def of(cls, after: str | None = "", before: str | None = "", place: str | None = "", camera: str | None = "",
+           types: Sequence[str] | None = (), newest: bool | None = False) -> "Where":
+        return cls((after or "").strip(), (before or "").strip(), (place or "").strip(), (camera or "").strip(),
+                   tuple(types or ()), bool(newest))
+
+    def apply(self, query: Query) -> Query:
+        """`query` with these filters added; QueryError names a bad value (e.g. a date)."""
+        f = query.filters
+        changes: dict[str, Any] = {}
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            if value:
+                if getattr(f, name) is not None and getattr(f, name).text != value:
+                    raise QueryError(f"{name}: is set both in the query and in the filters; keep one")
+                changes[name] = value
+        for attr, value in (("places", self.place), ("cameras", self.camera)):
+            if value:
+                changes[attr] = tuple(dict.fromkeys([*getattr(f, attr), *[v.strip() for v in value.split("|")]]))
+        if self.types:
+            changes["types"] = tuple(dict.fromkeys([*f.types, *self.types]))
+        out = replace(query, filters=Filters(**{**{k: getattr(f, k) for k in f.__dataclass_fields__}, **changes}))
+        if self.newest and out.sort == "score":
+            out = replace(out, sort="newest")
+        return out
 
 
 class SearchOutput(NamedTuple):
@@ -89,7 +133,8 @@ def check_query(query: str) -> None:
 
     Judged by the extension alone, so the answer never tells whether such a file exists.
     """
-    if any(t.image_path for t in parse_query(query, is_image_file=is_supported)):
+    words = parse(query).text  # filters (place:Lisbon) name no file
+    if words and any(t.image_path for t in parse_query(words, is_image_file=is_supported)):
         raise QueryError("photos can't be named by file path here: upload the image (Search → By image), "
                          "or use #ID of an indexed photo")
 
@@ -144,24 +189,30 @@ class Handlers:
             choices.append((label, folder))
         return choices
 
-    def _ranked(self, last: Last, n: int, min_score: float | None, folder: str | None) -> list["Hit"]:
-        """The top `n` of the session's search, ordered by score then id (stable across pages)."""
+    def _ranked(self, last: Last, n: int, min_score: float | None, folder: str | None,
+                where: Where | None = None) -> list["Hit"]:
+        """The top `n` of the session's search, ordered by score then id (stable across pages), or by date."""
         kind = last["kind"]
+        query = (where or Where()).apply(parse(last["query"]) if kind == "text" else Query())
 
         def run(fetch: int) -> list["Hit"]:
             with self._lib() as lib:
                 if kind == "text":
-                    return lib.search(last["query"], k=fetch, min_score=min_score, folder=folder)
+                    return lib.search(query, k=fetch, min_score=min_score, folder=folder)
                 image = last["image"] if kind == "upload" else int(last["id"])
-                return lib.search_image(image, k=fetch, text=last.get("text"), min_score=min_score, folder=folder)
+                return lib.search_image(image, k=fetch, text=last.get("text"), min_score=min_score, folder=folder,
+                                        query=query)
         return stable_top(run, n)
 
     def _page(self, last: Last, what: str, k: int, min_score: float | None, folder: str | None,
-              shown: Shown | None = None) -> SearchOutput:
+              shown: Shown | None = None, where: Where | None = None) -> SearchOutput:
         """The first page of a search, or (with `shown`) the next page appended to the results shown."""
         shown = list(shown or [])
         k = max(1, int(k))
-        hits = self._ranked(last, len(shown) + k + 1, min_score, folder)
+        hits = self._ranked(last, len(shown) + k + 1, min_score, folder, where)
+        query = (where or Where()).apply(parse(last["query"]) if last["kind"] == "text" else Query())
+        if query.describe():  # the status names the active filters and the order
+            what += f" · {_md(query.describe())}"
         seen = {s["id"] for s in shown}
         page = [h for h in hits[len(shown):len(shown) + k] if h.id not in seen]
         more = len(hits) > len(shown) + k
@@ -181,6 +232,8 @@ class Handlers:
                 hints.append(f"lower the minimum score (now {min_score:.2f})")
             if folder:
                 hints.append("choose *All folders*")
+            if where is not None and where != Where():
+                hints.append("clear the date, place, camera or type filters")
             status += (": " + " or ".join(hints) + "." if hints else ".")
         return SearchOutput(grid_value(shown, more=more), status, shown, more)
 
@@ -208,21 +261,25 @@ class Handlers:
 
     # -- search ---------------------------------------------------------------------------
     def search_text(self, query: str | None, k: int = 24, min_score: float | None = 0.0,
-                    folder: str | None = ALL_FOLDERS) -> SearchOutput:
-        """Text → image search; the query may use arithmetic. The first page of `k` results."""
+                    folder: str | None = ALL_FOLDERS, where: Where | None = None) -> SearchOutput:
+        """Text → image search; the query may use arithmetic and filters. The first page of `k` results.
+
+        With no words but some filters (`where`, or typed ones), the matching photos by date.
+        """
         query = (query or "").strip()
-        if not query:
+        if not query and (where is None or where == Where()):
             return self._empty("Type what you are looking for. " + QUERY_HINT)
         min_score, folder = self._filters(min_score, folder)
         try:
             check_query(query)
             last = {"kind": "text", "query": query}
-            return self._page(last, self._what(last), k, min_score, folder)
+            return self._page(last, self._what(last) if query else "the filters", k, min_score, folder, where=where)
         except ClipSearchError as exc:
             return self._empty(f"⚠️ {_md(str(exc))}")
 
     def search_upload(self, image_path: str | None, text: str | None = None, k: int = 24,
-                      min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
+                      min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS,
+                      where: Where | None = None) -> SearchOutput:
         """Image → image search with an uploaded file (decoded by our capped loader), optionally plus text."""
         if not image_path:
             return self._empty("Upload an image to find photos like it.")
@@ -234,12 +291,13 @@ class Handlers:
             return self._empty(f"⚠️ Can't use {_md(os.path.basename(image_path))}: {_md(exc.reason)}.")
         try:
             last = {"kind": "upload", "image": image, "name": os.path.basename(image_path), "text": text}
-            return self._page(last, self._what(last), k, min_score, folder)
+            return self._page(last, self._what(last), k, min_score, folder, where=where)
         except ClipSearchError as exc:
             return self._empty(f"⚠️ {_md(str(exc))}")
 
     def more_like(self, image_id: int | None, text: str | None = None, k: int = 24,
-                  min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS) -> SearchOutput:
+                  min_score: float | None = 0.0, folder: str | None = ALL_FOLDERS,
+                  where: Where | None = None) -> SearchOutput:
         """Photos like an indexed one (by id), optionally modified by text."""
         if image_id is None:
             return self._empty("Select a photo first, then press **More like this**.")
@@ -251,24 +309,26 @@ class Handlers:
             if row is None:
                 return self._empty(f"⚠️ No indexed photo with id {int(image_id)}.")
             last = {"kind": "like", "id": row.id, "name": os.path.basename(row.path), "text": text}
-            return self._page(last, self._what(last), k, min_score, folder)
+            return self._page(last, self._what(last), k, min_score, folder, where=where)
         except ClipSearchError as exc:
             return self._empty(f"⚠️ {_md(str(exc))}")
 
     def rerun(self, last: dict | None, k: int = 24, min_score: float | None = 0.0,
-              folder: str | None = ALL_FOLDERS) -> SearchOutput | None:
+              folder: str | None = ALL_FOLDERS, where: Where | None = None) -> SearchOutput | None:
         """The session's last search again with new filters (first page); None when there was none."""
         kind = (last or {}).get("kind")
         if kind == "text":
-            return self.search_text(last["query"], k, min_score, folder)  # type: ignore[index]
+            return self.search_text(last["query"], k, min_score, folder, where)  # type: ignore[index]
         if kind == "upload":
-            return self.search_upload(last["path"], last.get("text"), k, min_score, folder)  # type: ignore[index]
+            return self.search_upload(last["path"], last.get("text"), k, min_score, folder, where)  # type: ignore[index]
         if kind == "like":
-            return self.more_like(last["id"], last.get("text"), k, min_score, folder)  # type: ignore[index]
+            return self.more_like(last["id"], last.get("text"), k, min_score, folder, where)  # type: ignore[index]
+        if where is not None and where != Where():  # filters chosen before any search: list what they match
+            return self.search_text("", k, min_score, folder, where)
         return None
 
     def load_more(self, last: dict | None, shown: Shown | None, k: int = 24, min_score: float | None = 0.0,
-                  folder: str | None = ALL_FOLDERS) -> SearchOutput | None:
+                  folder: str | None = ALL_FOLDERS, where: Where | None = None) -> SearchOutput | None:
         """The next `k` results of the session's last search, appended to those shown; None when there was none."""
         if not last or not shown:
             return None
@@ -284,7 +344,8 @@ class Handlers:
                 if row is None:
                     return self._empty(f"⚠️ No indexed photo with id {int(last['id'])}.")
                 query = {"kind": "like", "id": row.id, "name": os.path.basename(row.path), "text": last.get("text")}
-            return self._page(query, self._what(query), k, min_score, folder, shown)
+            what = self._what(query) if query.get("query", True) else "the filters"
+            return self._page(query, what, k, min_score, folder, shown, where)
         except ImageLoadError as exc:
             return self._empty(f"⚠️ Can't use this image: {_md(exc.reason)}.")
         except ClipSearchError as exc:
@@ -326,6 +387,9 @@ class Handlers:
             return self._video(row, name, folder, seconds or 0.0, moment or {})
         dims = f"{row.width} × {row.height} px" if row.width and row.height else "size unknown"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.mtime_ns / 1e9))
+        taken = self._taken(row.id)
+        if taken:
+            when = taken
         size = human_bytes(row.size) + (f" ({row.size:,} bytes)" if row.size >= 1024 else "")
         details = (f"**{_md(name)}** · id **#{row.id}**  \n"
                    f"{code_span(folder)}  \n"
@@ -353,6 +417,29 @@ class Handlers:
         details = (f"**{_md(name)}** · id **#{row.id}** · ▶ **{format_time(start)}–{format_time(end)}**  \n"
                    f"{code_span(folder)}  \n{dims} · {human_bytes(row.size)}")
         return PhotoOutput(player, details, row.id)
+    def _taken(self, image_id: int) -> str:
+        """"taken 2019-07-04 18:30 (UTC+01:00) · Lisbon, Portugal · Google Pixel 7", or "" without metadata."""
+        columns = ("taken_at", "taken_source", "place_city", "place_country", "camera")
+        with self._lib() as lib:
+            if not set(columns) <= lib.catalog.fact_columns:
+                return ""
+            f = lib.catalog.facts([int(image_id)], columns).get(int(image_id), {})
+        parts = []
+        if f.get("taken_at"):
+            stamp = f["taken_at"]
+            text = stamp[:16].replace("T", " ")
+            offset = stamp[19:].lstrip(".0123456789") if len(stamp) > 19 else ""
+            if offset:
+                text += f" (UTC{offset})"
+            source = {"filename": "date from the file name", "mtime": "date from the file",
+                      "gps": "date from GPS"}.get(f.get("taken_source") or "")
+            parts.append(f"taken {text}" + (f" — {source}" if source else ""))
+        place = ", ".join(p for p in (f.get("place_city"), f.get("place_country")) if p)
+        if place:
+            parts.append(_md(place))
+        if f.get("camera"):
+            parts.append(_md(f["camera"]))
+        return " · ".join(parts)
 
     # -- describe (image → text) ----------------------------------------------------------
     def describe(self, source: dict | None, k: int = 8) -> DescribeOutput:

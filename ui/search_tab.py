@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import gradio as gr
 
 from clipsearch_ui.grid import grid_value, results_grid
-from clipsearch_ui.handlers import ALL_FOLDERS, NO_PHOTO, QUERY_HINT, SearchOutput
+from clipsearch_ui.handlers import ALL_FOLDERS, NO_PHOTO, QUERY_HINT, SearchOutput, Where
 
 if TYPE_CHECKING:
     from clipsearch_ui.app import AppContext
@@ -24,7 +24,7 @@ class SearchParts:
     """What other tabs use: the query box, the filters, the selected photo and a way into the results."""
 
     query: gr.Textbox
-    filters: list[Any]              # [k, min_score, folder]
+    filters: list[Any]              # [k, min_score, folder, after, before, place, camera, types, newest]
     selected: gr.State              # id of the selected photo (None: none)
     shown: gr.State                 # the results shown, in order: [{"id", "path", "score"}] (e.g. to act on them all)
     status: gr.Markdown
@@ -71,6 +71,20 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
             min_score = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Minimum score", info="0 = no minimum",
                                   elem_id="min-score")
             folder = gr.Dropdown(choices=h.folder_choices(), value=ALL_FOLDERS, label="Folder", elem_id="folder")
+            # Photo metadata filters: they build the same typed query the query box does (clipsearch.query).
+            with gr.Accordion("When, where, with what", open=False, elem_id="meta-filters"):
+                with gr.Row():
+                    after = gr.Textbox(label="Taken from", placeholder="2019-06", max_length=16, elem_id="after",
+                                       min_width=100)
+                    before = gr.Textbox(label="Taken before", placeholder="2019-09", max_length=16, elem_id="before",
+                                        min_width=100)
+                with gr.Row():
+                    place = gr.Textbox(label="Place", placeholder="Lisbon, or PT", max_length=100, elem_id="place",
+                                       min_width=100)
+                    camera = gr.Textbox(label="Camera", placeholder="Pixel 7", max_length=100, elem_id="camera",
+                                        min_width=100)
+                types = gr.CheckboxGroup(["jpeg", "heic", "png", "webp", "raw"], label="Type", elem_id="types")
+                newest = gr.Checkbox(label="Newest first (relevant photos only)", elem_id="newest")
     status = gr.Markdown(_welcome(ctx), elem_id="status")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=300):
@@ -88,36 +102,37 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
                 like_btn = gr.Button("More like this", variant="primary", min_width=120)
                 describe_btn = gr.Button("Describe this photo", min_width=120)
 
-    filters = [k, min_score, folder]
+    filters = [k, min_score, folder, after, before, place, camera, types, newest]
     # A new result list: the grid, its status and paging, and the (cleared) selection.
     results = [grid, status, shown, more, more_btn, photo, details, selected, sel_index]
 
     def fresh(out: SearchOutput) -> tuple:
         return (out.grid, out.status, out.shown, out.more, gr.Button(visible=out.more), NO_PHOTO, "", None, None)
 
-    def on_query(q: str, k_: int, m: float, f: str) -> tuple:
-        return (*fresh(h.search_text(q, k_, m, f)), {"kind": "text", "query": q, "filters": [k_, m, f]})
+    def on_query(q: str, k_: int, m: float, f: str, *w: Any) -> tuple:
+        return (*fresh(h.search_text(q, k_, m, f, Where.of(*w))), {"kind": "text", "query": q,
+                                                                  "filters": [k_, m, f, *w]})
 
-    def on_upload(path: str | None, text: str, k_: int, m: float, f: str) -> tuple:
-        last = {"kind": "upload", "path": path, "text": text, "filters": [k_, m, f]}
+    def on_upload(path: str | None, text: str, k_: int, m: float, f: str, *w: Any) -> tuple:
+        last = {"kind": "upload", "path": path, "text": text, "filters": [k_, m, f, *w]}
         # The file input is emptied at once (ready for the next file); the status names the file used.
-        return (*fresh(h.search_upload(path, text, k_, m, f)), last, None, path)
+        return (*fresh(h.search_upload(path, text, k_, m, f, Where.of(*w))), last, None, path)
 
-    def on_like(image_id: int | None, text: str, k_: int, m: float, f: str) -> tuple:
-        last = {"kind": "like", "id": image_id, "text": text, "filters": [k_, m, f]}
-        return (*fresh(h.more_like(image_id, text, k_, m, f)), last, gr.Tabs(selected="search"))
+    def on_like(image_id: int | None, text: str, k_: int, m: float, f: str, *w: Any) -> tuple:
+        last = {"kind": "like", "id": image_id, "text": text, "filters": [k_, m, f, *w]}
+        return (*fresh(h.more_like(image_id, text, k_, m, f, Where.of(*w))), last, gr.Tabs(selected="search"))
 
-    def on_filter(last: dict | None, k_: int, m: float, f: str) -> tuple:
+    def on_filter(last: dict | None, k_: int, m: float, f: str, *w: Any) -> tuple:
         # Typing a number fires on each key, on Enter and on leaving the box: run only what changed.
-        if last is None or last.get("filters") == [k_, m, f]:
+        if last is not None and last.get("filters") == [k_, m, f, *w]:
             return tuple(gr.skip() for _ in range(len(results) + 1))
-        out = h.rerun(last, k_, m, f)
+        out = h.rerun(last, k_, m, f, Where.of(*w))
         if out is None:
             return tuple(gr.skip() for _ in range(len(results) + 1))
-        return (*fresh(out), {**last, "filters": [k_, m, f]})
+        return (*fresh(out), {**(last or {"kind": "text", "query": ""}), "filters": [k_, m, f, *w]})
 
-    def on_more(last: dict | None, rows: list, index: int | None, k_: int, m: float, f: str) -> tuple:
-        out = h.load_more(last, rows, k_, m, f)
+    def on_more(last: dict | None, rows: list, index: int | None, k_: int, m: float, f: str, *w: Any) -> tuple:
+        out = h.load_more(last, rows, k_, m, f, Where.of(*w))
         if out is None:
             return tuple(gr.skip() for _ in range(5))
         keep = index if out.shown[:len(rows)] == rows else None
@@ -140,7 +155,9 @@ def build(ctx: "AppContext", tab: gr.Tab) -> SearchParts:
     gr.on([upload_btn.click, upload_text.submit], on_upload, [uploaded, upload_text, *filters],
           [*results, last_search, upload, uploaded], trigger_mode="always_last", api_visibility="private")
     # Sliders: dragging (release) and typing a number (input; Enter or leaving the box) both re-run.
-    gr.on([k.release, k.input, min_score.release, min_score.input, folder.input], on_filter,
+    gr.on([k.release, k.input, min_score.release, min_score.input, folder.input, after.submit, after.blur,
+           before.submit, before.blur, place.submit, place.blur, camera.submit, camera.blur, types.input,
+           newest.input], on_filter,
           [last_search, *filters], [*results, last_search], trigger_mode="always_last", show_progress="minimal",
           api_visibility="private", queue=False)
     more_btn.click(on_more, [last_search, shown, sel_index, *filters], [grid, status, shown, more, more_btn],

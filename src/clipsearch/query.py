@@ -34,6 +34,7 @@ values are `QueryError`s that name them. Other modules may add keys with
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import math
 import os
 import re
@@ -176,7 +177,7 @@ class Filters:
         """The active filters in words, for status lines: "after 2019-06, place Lisbon"."""
         parts = []
         for key, value in self._pairs():
-            parts.append(f"{_KEY_WORDS.get(key, key)} {value}")
+            parts.append(f"{_KEY_WORDS.get(key, key)} {value.replace('|', ' or ')}")
         return ", ".join(parts)
 
     def _pairs(self) -> list[tuple[str, str]]:
@@ -393,8 +394,10 @@ def parse(text: str) -> Query:
             if not value.strip():
                 raise QueryError(f"{key}: needs a value, like {key}:{_EXAMPLES[key]}")
             _HANDLERS[key](acc, key, value)
-        elif value and _looks_like_filter(m.group(1), value):
-            raise QueryError(f"unknown filter {m.group(1)}: in {text.strip()!r}; known: "
+        elif value and _looks_like_filter(key, value):
+            close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.7)
+            hint = f" (did you mean {close[0]}:?)" if close else ""
+            raise QueryError(f"unknown filter {m.group(1)}: in {text.strip()!r}{hint}; known: "
                              + ", ".join(f"{k}:" for k in known_keys()))
         else:
             continue  # "http://...", "daytime: a car": plain text
@@ -418,8 +421,16 @@ def parse(text: str) -> Query:
 
 
 def _looks_like_filter(key: str, value: str) -> bool:
-    # A word with a colon inside prose ("ratio:high") is taken for a mistyped filter; a URL is not.
-    return not value.startswith("//") and key.isalpha()
+    """Whether an unknown `key:value` is a mistyped filter (an error) rather than words.
+
+    A URL is words; so is a word before a number ("purple:2", "16:9" ratios), unless the
+    word is close to a filter key ("aftr:2019").
+    """
+    if value.startswith("//") or not key.isalpha():
+        return False
+    if re.fullmatch(r"[\d.,:]+", value):
+        return bool(difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.7))
+    return True
 
 
 # -- filters as SQL ------------------------------------------------------------------------------

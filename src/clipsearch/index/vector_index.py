@@ -241,23 +241,28 @@ class VectorIndex:
             self.meta.ef_search = int(max(1, value))
         self._apply_search_params()
 
-    def _params(self, sel: Any, fraction: float, k: int) -> Any:
+    def _params(self, sel: Any, fraction: float, k: int, effort: float = 1.0) -> Any:
         import faiss
 
         if self.spec.needs_training:
             # Keep the expected number of allowed candidates scanned as without a filter.
-            nprobe = self.meta.nprobe or 1
+            nprobe = math.ceil((self.meta.nprobe or 1) * effort)
             if fraction < 1.0:
                 nprobe = math.ceil(nprobe / max(fraction, 1e-9))
             return faiss.SearchParametersIVF(sel=sel, nprobe=int(min(self.spec.nlist, nprobe)))
         if self.kind == "hnsw":
-            ef = max(self.meta.ef_search or 64, k)
+            ef = max(math.ceil((self.meta.ef_search or 64) * effort), k)
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(min(4096, ef / max(fraction, 1e-9))))
         return faiss.SearchParameters(sel=sel) if sel is not None else None
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None, *, effort: float = 1.0
                ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, ids) per query row; missing results are id -1. `allowed_ids` restricts the candidates."""
+        """Top-k (scores, ids) per query row; missing results are id -1. `allowed_ids` restricts the candidates.
+
+        `effort` multiplies the tuned search parameter (nprobe, efSearch) for this call: a
+        deep list (hundreds of hits, filtered afterwards) needs more than the top 10 it was
+        tuned for (measured: docs/performance.md, "Filtered search").
+        """
         import faiss
 
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -281,7 +286,10 @@ class VectorIndex:
             sel = faiss.IDSelectorNot(inner)
         depth = min(self.rerank_depth(k), max(self.ntotal, 1))
         fetch = max(k, depth)
-        scores, ids = self.faiss_index.search(queries, fetch, params=self._params(sel, fraction, fetch))
+        params = self._params(sel, fraction, fetch, effort)
+        if params is None and effort != 1.0 and self.spec.needs_training:
+            params = faiss.SearchParametersIVF(nprobe=int(min(self.spec.nlist, math.ceil((self.meta.nprobe or 1) * effort))))
+        scores, ids = self.faiss_index.search(queries, fetch, params=params)
         del keep_alive
         if depth > k:
             return self._rerank(queries, ids, k)
