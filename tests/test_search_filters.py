@@ -254,7 +254,7 @@ def test_every_filtered_path_against_brute_force(tmp_path: Path, kind: str) -> N
     from clipsearch.index import recall_at_k
     from clipsearch.search import BROAD_FILTER, EXACT_FILTER_MAX
 
-    n, dim = 4000, 16
+    n, dim = 8000, 16
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((n, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -266,7 +266,9 @@ def test_every_filtered_path_against_brute_force(tmp_path: Path, kind: str) -> N
     ids, stored = lib.vectors()
     queries = rng.standard_normal((20, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    for fraction in (EXACT_FILTER_MAX / 2 / n, 0.05, 0.2, BROAD_FILTER + 0.1, 0.9):
+    middling = (EXACT_FILTER_MAX + BROAD_FILTER * n) / 2 / n
+    assert EXACT_FILTER_MAX < middling * n < BROAD_FILTER * n  # the id selector's range
+    for fraction in (EXACT_FILTER_MAX / 2 / n, middling, BROAD_FILTER + 0.1, 0.9):
         first = int(n * (1 - fraction))
         allowed = lib.catalog.ids_where("taken_ts >= ?", [float(first)])
         assert len(allowed) == n - first

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 # Filters letting through at most this many photos are searched exactly over their stored
 # vectors (read from the catalog) instead of through the index with an id selector. The
 # measured crossover (docs/performance.md, "Filtered search"): at 100,000 photos the
-# selector search took 12-19 ms whatever the set, the catalog's vectors ~0.17 ms each.
-EXACT_FILTER_MAX = 100
+# catalog's vectors cost ~0.09 ms each (0.6 ms for 101, 94 ms for 1,000) and the selector
+# search 17-27 ms whatever the set: equal near 200-300 ids.
+EXACT_FILTER_MAX = 256
 # Filters letting through at least this fraction of the library: the index is searched
 # deeper without a selector and the hits filtered after (falling back to the selector when
 # too few pass).
