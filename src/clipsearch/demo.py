@@ -27,6 +27,9 @@ EXAMPLE_QUERIES = (
     "a red car on a road at night - night + day",
     "a red car at night - red + blue",
     "a blue car on a road",
+    # With the photos' metadata (capture time, place, camera: see docs/metadata.md).
+    "a red car on a road at night after:2020",
+    "a boat at sea camera:pixel|iphone",
 )
 
 

@@ -20,7 +20,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             for query in EXAMPLE_QUERIES:
                 print(f"\nsearch: {query}")
                 for hit in lib.search(query, k=3):
-                    print(f"  {hit.score:.3f}  {hit.path}")
+                    score = "-" if hit.score is None else f"{hit.score:.3f}"
+                    print(f"  {score}  {hit.path}")
             return 0
         from clipsearch_ui import serve
 
