@@ -279,3 +279,18 @@ def test_every_filtered_path_against_brute_force(tmp_path: Path, kind: str) -> N
         recall = recall_at_k(found, truth, 10)
         assert recall == 1.0 if kind == "flat" else recall >= 0.9, (kind, fraction, recall)
     lib.close()
+
+
+def test_http_api_takes_the_query_language(meta_lib) -> None:
+    pytest.importorskip("fastapi")
+    from clipsearch_ui.api import ApiError, PhotoApi
+
+    lib, photos = meta_lib
+    api = PhotoApi(lib)
+    out = api.search("red place:Lisbon sort:date min:-1", 10, 0, None)
+    assert [h.taken_at for h in out.hits] == ["2020-01-02T12:00:00+00:00", "2019-07-04T18:30:00+01:00"]
+    assert out.hits[1].path.endswith("red_lisbon.jpg")
+    with pytest.raises(ApiError) as err:
+        api.search("red colour:blue", 10, 0, None)
+    assert err.value.status == 400 and "colour:" in str(err.value)
+    assert api.photo(out.hits[1].id).taken_at == "2019-07-04T18:30:00+01:00"

@@ -285,7 +285,7 @@ class PhotoApi:
             score = None if h.score is None else round(float(h.score), 6)
             video = getattr(h, "segment", None) is not None
             out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
-                           height=row.height, taken_at=None, thumb_url=self.thumb_url(h.id),
+                           height=row.height, taken_at=getattr(h, "taken_at", None), thumb_url=self.thumb_url(h.id),
                            time=h.time if video else None, segment=list(h.segment) if video else None,
                            moments=[list(m) for m in h.moments] if video else [],
                            video_url=f"{API_PREFIX}/photos/{h.id}/video" if video else None))
@@ -323,8 +323,11 @@ class PhotoApi:
         with self.lock:
             row = self._row(image_id)
             root, rel = split_root(row.path, self.library.roots())
+            catalog = self.library.catalog
+            taken = (catalog.facts([row.id], ["taken_at"]).get(row.id, {}).get("taken_at")
+                     if "taken_at" in catalog.fact_columns else None)
         return Photo(id=row.id, path=rel, root=root, width=row.width, height=row.height, size=row.size,
-                     modified=_iso(row.mtime_ns), taken_at=None, thumb_url=self.thumb_url(row.id),
+                     modified=_iso(row.mtime_ns), taken_at=taken, thumb_url=self.thumb_url(row.id),
                      original_url=f"{API_PREFIX}/photos/{row.id}/original" if self.serve_originals else None)
 
     def similar(self, image_id: int, text: str | None, k: int, offset: int, min_score: float | None) -> SearchResponse:
@@ -416,9 +419,15 @@ class PhotoApi:
 def _refuse_paths(query: str) -> None:
     # The API reads no file a caller names: image terms must be #ID (judged by extension only,
     # so the answer never tells whether such a file exists).
+    from clipsearch.errors import QueryError
+    from clipsearch.query import parse
     from clipsearch.search import parse_query
 
-    if any(t.image_path for t in parse_query(query, is_image_file=is_supported)):
+    try:
+        words = parse(query).text  # filters (place:Lisbon, after:2019) name no file
+    except QueryError as exc:
+        raise ApiError(400, "bad_query", str(exc)) from None
+    if words and any(t.image_path for t in parse_query(words, is_image_file=is_supported)):
         raise ApiError(400, "bad_query", "photos can't be named by file path here: use #ID of an indexed photo, "
                                          "or POST /api/search/image with the image")
 
