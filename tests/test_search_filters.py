@@ -294,3 +294,16 @@ def test_http_api_takes_the_query_language(meta_lib) -> None:
         api.search("red colour:blue", 10, 0, None)
     assert err.value.status == 400 and "colour:" in str(err.value)
     assert api.photo(out.hits[1].id).taken_at == "2019-07-04T18:30:00+01:00"
+
+
+def test_cli_says_when_the_auto_cutoff_kept_nothing(meta_lib, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from clipsearch.cli import core
+    from clipsearch.cutoff import Calibration
+
+    lib, _ = meta_lib
+    lib.searcher.calibration = Calibration(0.999, 8, 7, 0.75, lib.catalog.generation, lib.encoder.name)
+    monkeypatch.setattr(core, "open_library", lambda args, create=False: lib_ctx(lib))
+    assert core._cmd_search(_args(["white", "sort:date"], as_json=False)) == 0
+    err = capsys.readouterr().err
+    assert "no results" in err and "min:auto = 0.999" in err and "min:0.3" in err

@@ -108,7 +108,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     query = parse(" ".join(args.query))  # a bad filter is reported before the library and model load
     with open_library(args) as lib:
-        _print_hits(lib.search(query, k=args.k, min_score=args.min_score, folder=args.folder), args.json)
+        hits = lib.search(query, k=args.k, min_score=args.min_score, folder=args.folder)
+        _print_hits(hits, args.json)
+        calibration = lib.searcher.calibration
+        if not hits and args.min_score is None and query.effective_min == "auto" and calibration is not None:
+            print(f"(date order keeps photos above the relevance cutoff min:auto = {calibration.threshold:.3f} "
+                  "for this library's model; a vaguer query scores lower: add min:0.3, say, to see more)",
+                  file=sys.stderr)
     return 0
 
 
