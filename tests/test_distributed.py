@@ -469,3 +469,20 @@ def test_photo_metadata_on_ray_as_on_one_machine(ray_cluster: str, tmp_path: Pat
         city = next(f["place_city"] for f in got.values() if f["place_city"])
         hits = dist.search(f'place:"{city}"', k=50)
         assert hits and all(h.place and h.place.startswith(city) for h in hits)
+
+
+# -- moves ------------------------------------------------------------------------------------
+def test_a_renamed_folder_on_ray_is_moved_not_embedded(ray_cluster: str, photos: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        index_on_ray(lib, root, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
+        before = {r.path: r.id for r in lib.catalog.images_under(str(root)).values() if r.status == "ok"}
+        os.rename(root / "sub", root / "sub-2024")
+        report = index_on_ray(lib, root, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
+        assert (report.moved, report.added, report.removed) == (14, 0, 0)
+        after = {r.path: r.id for r in lib.catalog.images_under(str(root)).values() if r.status == "ok"}
+        assert after == {p.replace("/sub/", "/sub-2024/"): i for p, i in before.items()}
+        _assert_consistent(lib, 43)

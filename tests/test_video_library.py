@@ -118,3 +118,27 @@ def test_api_serves_the_moment_and_the_video_by_id(tmp_path: Path, folder: Path)
             photo = lib.catalog.find_path(str(folder / "red.jpg")).id
             refused = api.get(f"/photos/{photo}/video")
             assert refused.status_code == 404 and refused.json()["error"] == "not_a_video"
+
+
+def test_a_moved_video_keeps_its_moments_and_a_copied_one_is_encoded(tmp_path: Path, folder: Path) -> None:
+    import shutil
+
+    encoder = FakeEncoder()
+    with Library.open(tmp_path / "lib", encoder=encoder) as lib:
+        lib.index(folder)
+        video = lib.catalog.find_path(str(folder / "trip.mp4")).id
+        frames = lib.catalog.frames_of(video)[0].tolist()
+        encoded = encoder.images_encoded
+        os.makedirs(folder / "2024")
+        os.rename(folder / "trip.mp4", folder / "2024" / "trip.mp4")
+        report = lib.index(folder)
+        assert (report.moved, report.added, report.removed) == (1, 0, 0) and encoder.images_encoded == encoded
+        assert lib.catalog.find_path(str(folder / "2024" / "trip.mp4")).id == video
+        assert lib.catalog.frames_of(video)[0].tolist() == frames  # its moments came along
+        hit = lib.search("blue", k=1)[0]
+        assert hit.path == str(folder / "2024" / "trip.mp4") and 3.0 <= hit.time < 6.0
+        shutil.copy(folder / "2024" / "trip.mp4", folder / "copy.mp4")
+        report = lib.index(folder)
+        assert (report.added, report.copied) == (1, 0)  # encoded, frames and all
+        copy = lib.catalog.find_path(str(folder / "copy.mp4")).id
+        assert len(lib.catalog.frames_of(copy)[0]) == len(frames)

@@ -355,3 +355,31 @@ def test_serve_watch_runs_a_watcher_beside_the_ui(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(clipsearch_ui.server, "serve", serve)
     assert main(["serve", "--watch", "--library", str(lib), "--no-browser"]) == 0
     assert seen and str(photos / "blue.jpg") in seen[0]
+
+
+def test_the_watcher_follows_moves_within_and_across_roots_without_encoding(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    old_photos(a / "trip", ["red", "green"])
+    old_photos(b, ["blue"])
+    run = InProcess(tmp_path / "lib", [a, b], FAST)
+    try:
+        eventually(lambda: len(run.kinds("sync")) >= 2, what="the catch-up syncs")
+        with Library.open(tmp_path / "lib", create=False) as lib:
+            before = {lib.catalog.get_image(int(i)).path: int(i) for i in lib.image_ids()}
+        encoded = run.lib.encoder.images_encoded
+        os.rename(a / "trip", a / "trip-2024")  # a folder renamed within a root
+        os.rename(b / "blue.jpg", a / "blue.jpg")  # a photo moved from one root to another
+        want = {str(a / "trip-2024" / "red.jpg"): before[str(a / "trip" / "red.jpg")],
+                str(a / "trip-2024" / "green.jpg"): before[str(a / "trip" / "green.jpg")],
+                str(a / "blue.jpg"): before[str(b / "blue.jpg")]}
+
+        def ids() -> dict[str, int]:
+            with Library.open(tmp_path / "lib", create=False) as lib:
+                return {lib.catalog.get_image(int(i)).path: int(i) for i in lib.image_ids()}
+
+        eventually(lambda: ids() == want, what="the moves, with the photos' ids")
+        assert run.lib.encoder.images_encoded == encoded
+        eventually(lambda: sum(n.report.moved for n in run.kinds("sync")) == 3, what="3 moves reported")
+        assert sum(n.report.removed for n in run.kinds("sync")) == 0
+    finally:
+        run.close()

@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS images (
     height     INTEGER,
     indexed_at REAL NOT NULL
 );
+-- Files new to a sync are matched with catalogued photos of the same size (clipsearch.moves).
+CREATE INDEX IF NOT EXISTS images_size ON images(size);
 -- Vectors apart from the rows, so a diff over a million paths doesn't read 2 GB of floats.
 CREATE TABLE IF NOT EXISTS vectors (
     image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
@@ -561,6 +563,55 @@ class Catalog:
                 self._db.execute("UPDATE images SET path = ? || substr(path, ?) WHERE video_id = "
                                  "(SELECT id FROM images WHERE path = ?)", (new, len(old) + 1, new))
         return True
+
+    def images_with_sizes(self, sizes: Iterable[int]) -> list[ImageRow]:
+        """Indexed (status ok) images whose file has one of `sizes` bytes: the candidates a new file may be a copy of."""
+        sizes = sorted({int(s) for s in sizes})
+        out: list[ImageRow] = []
+        for start in range(0, len(sizes), 900):
+            chunk = sizes[start:start + 900]
+            out.extend(ImageRow(*r) for r in self._db.execute(
+                "SELECT id, path, size, mtime_ns, status, error, width, height, indexed_at FROM images "
+                f"WHERE status='ok' AND video_id IS NULL AND size IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                chunk))
+        return out
+
+    def move_images(self, moves: Sequence[tuple[int, str, int, int, Mapping[str, Any]]]) -> None:
+        """Give images a new path: (id, path, size, mtime_ns, {fact column: value}). Ids, vectors and
+        every other column stay: a moved photo keeps its metadata and labels; a moved video's
+        frame rows follow it."""
+        with self.transaction():
+            for image_id, path, size, mtime_ns, facts in moves:
+                old = self._db.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
+                self._db.execute("DELETE FROM images WHERE path=? AND id != ?", (path, int(image_id)))
+                sets = "".join(f', "{c}" = ?' for c in facts)
+                self._db.execute(f"UPDATE images SET path = ?, size = ?, mtime_ns = ?{sets} WHERE id = ?",
+                                 (path, size, mtime_ns, *facts.values(), int(image_id)))
+                if old is not None:  # "OLD#t=..." becomes "NEW#t=..."
+                    self._db.execute("UPDATE images SET path = ? || substr(path, ?), size = ?, mtime_ns = ? "
+                                     "WHERE video_id = ?", (path, len(old[0]) + 1, size, mtime_ns, int(image_id)))
+
+    def copy_images(self, copies: Sequence[tuple[int, str, int, int, Mapping[str, Any]]]) -> list[int]:
+        """New images that are copies of indexed ones, (source id, path, size, mtime_ns, {fact column:
+        value}): each takes its source's vector and other columns. Returns the new ids."""
+        fixed = {"id", "path", "size", "mtime_ns", "indexed_at"}
+        now = time.time()
+        ids = []
+        with self.transaction():
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(images)") if r[1] not in fixed]
+            for source, path, size, mtime_ns, facts in copies:
+                self._db.execute("DELETE FROM images WHERE path=?", (path,))
+                kept = "".join(f', "{c}"' for c in columns if c not in facts)
+                given = "".join(f', "{c}"' for c in facts)
+                cur = self._db.execute(
+                    f"INSERT INTO images(path, size, mtime_ns, indexed_at{kept}{given}) "
+                    f"SELECT ?, ?, ?, ?{kept}{', ?' * len(facts)} FROM images WHERE id = ?",
+                    (path, size, mtime_ns, now, *facts.values(), int(source)))
+                new_id = int(cur.lastrowid)
+                self._db.execute("INSERT INTO vectors(image_id, vector) SELECT ?, vector FROM vectors WHERE image_id = ?",
+                                 (new_id, int(source)))
+                ids.append(new_id)
+        return ids
 
     def count(self, status: str | None = "ok") -> int:
         if status is None:

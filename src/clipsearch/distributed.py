@@ -69,6 +69,7 @@ from clipsearch.errors import ClipSearchError
 from clipsearch.encoder import input_size
 from clipsearch.facts import FactReader
 from clipsearch.indexer import backfill_facts
+from clipsearch.moves import store_moves, store_twins
 from clipsearch.pipeline import (
     FILE, RUNTIME, FileResult, IndexReport, SyncPlan, encode_files, pixel_spec_of, plan_sync, read_file, store_chunk,
 )
@@ -420,8 +421,13 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
         report = plan.report
         # The index this run ends with, judged before it starts: when it is to be built on
         # Ray anyway, the current one is not updated file by file on the way.
-        expected = lib.catalog.count("ok") - len(plan.gone) + len(plan.todo)
-        rebuild = bool(plan.gone or plan.todo) and _needs_ray_build(lib, expected)
+        copies = len(plan.matches.copies) + len(plan.matches.twins)
+        expected = lib.catalog.count("ok") - len(plan.gone) + len(plan.todo) + copies
+        rebuild = bool(plan.gone or plan.todo or copies) and _needs_ray_build(lib, expected)
+        if plan.matches:  # moved and copied photos: nothing to embed
+            report.moved, report.copied = store_moves(lib.catalog, None if rebuild else lib.vector_index,
+                                                      plan.matches, lib.dim)
+            report.added += report.copied
         if plan.gone:
             gone_ids = np.array([row.id for row in plan.gone], dtype=np.int64)
             lib.catalog.remove_images(gone_ids)
@@ -430,6 +436,9 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
             report.removed = len(plan.gone)
         try:
             _embed_and_ingest(lib, ray, plan, encoder, options, progress, update_index=not rebuild)
+            twins = store_twins(lib.catalog, None if rebuild else lib.vector_index, plan.matches.twins, lib.dim)
+            report.added += twins
+            report.copied += twins
         except KeyboardInterrupt:
             report.interrupted = True
             raise
@@ -438,9 +447,9 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
         lib.catalog.set_meta("roots", sorted({*lib.roots(), root}))
         # Facts the library's readers have not read yet, of files not embedded now: read here, no model.
         report.backfilled = backfill_facts(lib.catalog, lib.readers, root, progress=progress)
-        if rebuild or _needs_ray_build(lib, lib.catalog.count("ok")) and (plan.gone or plan.todo):
+        if rebuild or _needs_ray_build(lib, lib.catalog.count("ok")) and (plan.gone or plan.todo or copies):
             _install(lib, build_index_on_ray(lib, options=options, ray=ray))
-        elif plan.gone or plan.todo:
+        elif plan.gone or plan.todo or copies:
             from clipsearch.index import IndexConfigError
 
             try:

@@ -75,8 +75,9 @@ def default_readers() -> tuple[FactReader, ...]:
     """The readers a library uses unless told otherwise (each feature adds its reader here)."""
     from clipsearch.duplicates.facts import PHASH_READER
     from clipsearch.metadata import METADATA_READER
+    from clipsearch.moves import FINGERPRINT
 
-    return (PHASH_READER, METADATA_READER)
+    return (PHASH_READER, METADATA_READER, FINGERPRINT)
 
 
 def version_column(name: str) -> str:

@@ -36,6 +36,7 @@ from clipsearch.encoder import input_size, pixel_encoder
 from clipsearch.facts import FactReader, default_readers
 from clipsearch.images import PixelSpec
 from clipsearch.index import VectorIndex
+from clipsearch.moves import store_moves, store_twins
 from clipsearch.pipeline.encode import encode_batch, encode_files, pixel_spec_of
 from clipsearch.pipeline.faults import FILE, READ, RUNTIME, SYSTEMATIC_MIN, check_systematic
 from clipsearch.pipeline.plan import IndexReport, SkippedFile, SyncPlan, plan_sync
@@ -135,6 +136,11 @@ class Indexer:
                          defer=defer)
         report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
 
+        if plan.matches:
+            self._index_behind = True
+            report.moved, report.copied = store_moves(self.catalog, self.index, plan.matches, self.index.dim)
+            report.added += report.copied
+            self._index_behind = False
         if gone:
             gone_ids = self.catalog.with_frames([row.id for row in gone])  # a video's frames go with it
             self._index_behind = True
@@ -146,13 +152,19 @@ class Indexer:
 
         try:
             self._encode_all(todo, known, report, progress)
+            if plan.matches.twins and not report.interrupted:
+                self._index_behind = True
+                twins = store_twins(self.catalog, self.index, plan.matches.twins, self.index.dim)
+                self._index_behind = False
+                report.added += twins
+                report.copied += twins
         except KeyboardInterrupt:
             report.interrupted = True
             raise
         finally:
             # An index that missed a committed catalog change must not be saved stamped with
             # the catalog's generation; left as it was on disk, it is reconciled at the next open.
-            if (gone or todo) and not self._index_behind:
+            if (gone or todo or plan.matches.copies or plan.matches.twins) and not self._index_behind:
                 self.save_index()
             report.seconds = time.monotonic() - started
         if not report.interrupted:

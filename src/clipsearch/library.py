@@ -304,6 +304,8 @@ class Library:
                 self._record_precision(held)
             roots = set(self.roots())
             roots.add(report.root)
+            if report.moved:  # a renamed root: the old name has nothing left and is not there
+                roots = {r for r in roots if r == report.root or os.path.isdir(r) or self.catalog.images_under(r)}
             self.catalog.set_meta("roots", sorted(roots))
             self.catalog.set_meta("last_report", report.to_dict())
             try:

@@ -190,6 +190,7 @@ class _Root:
     last_event: float = 0.0
     closed: set[str] = field(default_factory=set)  # files closed after writing (or moved in) since the last batch
     new_dirs: bool = False            # a folder appeared: check the watch limit after the batch
+    arrivals: int = 0                 # files created or moved in since the last batch
     due_at: float | None = None       # a sync due at this time without events (waiting files, a retry)
     missing: bool = False             # the last sync could not read it (deleted, drive unmounted)
     identity: tuple[Any, ...] = ()    # (st_dev, st_ino, mounts under it) when its observer started
@@ -288,12 +289,15 @@ class Watcher:
                 elif (self.config.full_sync_every and not root.missing
                       and now - root.last_sync >= self.config.full_sync_every):
                     due.append(root)
+        # Roots that files arrived in first: a photo moved from one root to another is then
+        # found as a move by the root it arrived in, before the other could count it deleted.
+        due.sort(key=lambda root: -root.arrivals)
         return due
 
     # -- events ----------------------------------------------------------------------------
     def _note(self, event: Any) -> None:
         """An event from an observer thread: mark the roots it concerns as changed."""
-        from watchdog.events import DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileMovedEvent
+        from watchdog.events import DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent
 
         paths = [os.fsdecode(event.src_path)]
         dest = os.fsdecode(getattr(event, "dest_path", "") or "")
@@ -318,6 +322,9 @@ class Watcher:
                         root.closed.discard(path)
                     if isinstance(event, (DirCreatedEvent, DirMovedEvent)):
                         root.new_dirs = True
+                    if isinstance(event, (FileCreatedEvent, FileMovedEvent, DirCreatedEvent, DirMovedEvent)) and (
+                            path == dest or not dest):
+                        root.arrivals += 1
             if touched:
                 self._cond.notify_all()
 
@@ -448,6 +455,7 @@ class Watcher:
         with self._cond:
             closed, root.closed = root.closed, set()
             new_dirs, root.new_dirs = root.new_dirs, False
+            root.arrivals = 0
             root.first_event, root.due_at = None, None
         waiting: list[str] = []
         started = time.time()
@@ -497,7 +505,7 @@ class Watcher:
                 root.due_at = time.monotonic() + cfg.recheck  # look again for the drive
         if new_dirs and root.method == "events":
             self._check_watch_limit(root)
-        changed = report.added or report.updated or report.removed
+        changed = report.added or report.updated or report.removed or report.moved
         if changed or catch_up or report.waiting or report.interrupted:
             log.info("%s", report.summary())
             self.notify(WatchNotice("sync", root.path, report.summary(), report))
@@ -541,7 +549,20 @@ class Watcher:
             root.due_at = time.monotonic()
 
 
+class _QuietStop(logging.Filter):
+    """watchdog logs an error when an emitter is asked for events as it stops: not one of ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+_QUIET_STOP = _QuietStop()
+
+
 def _stop_observer(observer: Any) -> None:
+    logger = logging.getLogger("watchdog.observers.inotify")
+    if _QUIET_STOP not in logger.filters:
+        logger.addFilter(_QUIET_STOP)
     try:
         observer.stop()
         if observer.is_alive():

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 from clipsearch.errors import PhotoRootError
 from clipsearch.images import decoder_stack
+from clipsearch.moves import MovePlan, find_moves
 from clipsearch.scan import FileRecord, scan
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class IndexReport:
     unchanged: int = 0
     previously_failed: int = 0  # unchanged files that failed before and were not retried
     waiting: int = 0  # new or changed files held back (still being written): the next sync takes them
+    moved: int = 0  # photos found under a new path: same id, vector, metadata and labels, nothing encoded
+    copied: int = 0  # of `added`: copies of indexed photos (same bytes), given their vector, not encoded
     skipped: list[SkippedFile] = field(default_factory=list)
     unmounted: list[str] = field(default_factory=list)  # drives mounted inside the root at the last sync, not now
     seconds: float = 0.0
@@ -64,7 +67,8 @@ class IndexReport:
         return cls(**data)
 
     def summary(self) -> str:
-        parts = [f"{self.added} added", f"{self.updated} updated", f"{self.removed} removed",
+        parts = [f"{self.added} added" + (f" ({self.copied} copies, not encoded)" if self.copied else ""),
+                 f"{self.updated} updated", f"{self.moved} moved", f"{self.removed} removed",
                  f"{self.unchanged} unchanged", f"{len(self.skipped)} skipped"]
         retry = sum(s.retry for s in self.skipped)
         if retry:
@@ -105,6 +109,7 @@ class SyncPlan:
     known: "dict[str, ImageRow]" = field(default_factory=dict)  # path -> catalog row, under the root
     gone: "list[ImageRow]" = field(default_factory=list)         # catalog rows whose files are gone
     todo: list[FileRecord] = field(default_factory=list)
+    matches: MovePlan = field(default_factory=MovePlan)  # new files here that are moved or copied photos
 
 
 def plan_sync(catalog: "Catalog", root: str, *, exclude: Iterable[str | os.PathLike] = (),
@@ -170,7 +175,23 @@ def plan_sync(catalog: "Catalog", root: str, *, exclude: Iterable[str | os.PathL
                 report.previously_failed += 1
         else:
             report.unchanged += 1
+    _match_moves(catalog, plan)
     return plan
+
+
+def _match_moves(catalog: "Catalog", plan: SyncPlan) -> None:
+    """Take out of the plan the new files that are moved or copied photos (`clipsearch.moves`),
+    and the gone rows that moved: they are stored without encoding, and not removed."""
+    matches = find_moves(catalog, [rec for rec in plan.todo if rec.path not in plan.known], plan.gone)
+    if not matches:
+        return
+    taken = {rec.path for _, rec, _ in [*matches.moves, *matches.copies]} | {rec.path for rec, _ in matches.twins}
+    moved = {row.id for row, _, _ in matches.moves}
+    plan.todo = [rec for rec in plan.todo if rec.path not in taken]
+    plan.gone = [row for row in plan.gone if row.id not in moved]
+    plan.matches = matches
+    log.info("%d moved, %d copies of indexed photos, %d copies of new ones (%d files hashed)",
+             len(matches.moves), len(matches.copies), len(matches.twins), matches.hashed)
 
 
 def under_any(path: str, folders: Sequence[str]) -> bool:
