@@ -55,8 +55,8 @@ def eventually(check: Callable[[], Any], timeout: float = TIMEOUT, what: str = "
 class WatchProcess:
     """`clipsearch watch --json` in a subprocess; its stdout lines parsed as they come."""
 
-    def __init__(self, *args: object) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def __init__(self, *args: object, delay: float = 0.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", WATCH_HELPER_DELAY=str(delay))
         self.proc = subprocess.Popen([sys.executable, str(HELPER), "watch", "--json", *map(str, args)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue[dict] = queue.Queue()
@@ -118,6 +118,28 @@ def test_the_watcher_process_follows_real_file_operations_and_catches_up_after_a
     assert watcher.stop() == 0
     assert "watcher stopped" in "".join(watcher.stderr)
     assert "Traceback" not in "".join(watcher.stderr)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_sync_stops_after_the_chunk_and_a_restart_finishes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    photos, lib = tmp_path / "photos", tmp_path / "lib"
+    photos.mkdir()
+    for n in range(300):  # more than a chunk of 256
+        Image.new("RGB", (8, 8), (n % 256, n // 256, 0)).save(photos / f"{n:03d}.png")  # all different
+        os.utime(photos / f"{n:03d}.png", (time.time() - 60, time.time() - 60))
+    watcher = WatchProcess(photos, "--library", lib, delay=1.0)
+    eventually(lambda: "encoded" in "".join(watcher.stderr), what="the first batch")
+    assert watcher.stop() == 0  # SIGTERM in the middle of the catch-up sync
+    stderr = "".join(watcher.stderr)
+    assert "stopping after the current chunk" in stderr and "Traceback" not in stderr
+    stored = len(indexed_paths(lib))
+    assert stored == 256  # the chunk it was storing, committed; not the rest
+    watcher = WatchProcess("--library", lib)
+    report = watcher.next()["report"]
+    assert report["added"] == 300 - stored and len(indexed_paths(lib)) == 300
+    assert watcher.stop() == 0
 
 
 def test_the_model_is_loaded_only_when_a_photo_needs_encoding(tmp_path: Path) -> None:
