@@ -62,12 +62,16 @@ class FakeEncoder:
 
 
 def write_colour_photos(folder, names: Sequence[str] = NAMES, size: tuple[int, int] = (64, 48),
-                        ext: str = ".jpg") -> dict[str, str]:
-    """One solid-colour photo per colour name (with a little noise); returns name -> path."""
+                        ext: str = ".jpg", seed: int = 0) -> dict[str, str]:
+    """One solid-colour photo per colour name (with a little noise); returns name -> path.
+
+    The noise comes from `seed`: two calls with the same seed write the same bytes for a
+    colour (copies of one photo, to the indexer), with different seeds different photos.
+    """
     import os
 
     os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     out = {}
     for name in names:
         arr = np.clip(np.array(COLOURS[name], np.float32) + rng.normal(0, 6, (size[1], size[0], 3)), 0, 255)

@@ -181,8 +181,8 @@ def test_failures_not_the_files_own_are_not_recorded_from_shards(tmp_path: Path)
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("a", "b", "c"):
-        Image.new("RGB", (8, 8), COLOURS["red"]).save(photos / f"{name}.jpg")
+    for name, colour in (("a", "red"), ("b", "green"), ("c", "blue")):  # different bytes: not copies of each other
+        Image.new("RGB", (8, 8), COLOURS[colour]).save(photos / f"{name}.jpg")
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
         plan = plan_sync(lib.catalog, str(photos))
         recs = sorted(plan.todo, key=lambda r: r.path)

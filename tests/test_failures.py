@@ -29,7 +29,7 @@ from clipsearch.indexer import DECODER_KILLED, PROCESS_MIN_FILES, _DecodeStream
 def _photos(folder: Path, n: int) -> list[str]:
     paths = []
     for i in range(n):
-        paths += write_colour_photos(folder / f"set{i}", [NAMES[i % len(NAMES)]]).values()
+        paths += write_colour_photos(folder / f"set{i}", [NAMES[i % len(NAMES)]], seed=i).values()  # all different
     return sorted(paths)
 
 
@@ -116,7 +116,7 @@ def test_decoders_killed_on_every_file_of_a_batch_stop_the_run(tmp_path: Path,
 
     folder = tmp_path / "photos"
     for i in range(PROCESS_MIN_FILES + 100):
-        write_colour_photos(folder, ["red"])
+        write_colour_photos(folder, ["red"], seed=i)  # all different: not copies of each other
         os.rename(folder / "red.jpg", folder / f"kill{i:03d}.jpg")
     monkeypatch.setattr(clipsearch.indexer, "_DecodeStream",
                         functools.partial(_DecodeStream, decode=decode_faults.killed_on_marked))
