@@ -118,6 +118,7 @@ def test_photo_facts_similar_and_describe(api, ids, tmp_path):
     photo = Photo.model_validate(api.get(f"/photos/{ids['red']}").json())
     assert (photo.path, photo.root, photo.width, photo.height) == ("red.jpg", str(tmp_path / "photos"), 64, 48)
     assert photo.size == (tmp_path / "photos" / "red.jpg").stat().st_size and photo.original_url is None
+    assert photo.taken_at is not None and photo.taken_at[:10] == photo.modified[:10]  # no EXIF: the file's date
     similar = api.get(f"/photos/{ids['red']}/similar", params={"k": 7}).json()
     assert ids["red"] not in [h["id"] for h in similar["hits"]] and len(similar["hits"]) == 7
     plus = api.get(f"/photos/{ids['red']}/similar", params={"k": 1, "text": "blue"}).json()

@@ -247,3 +247,17 @@ def test_vectors_are_the_stored_unit_vectors(library: Library, colour_photos: di
     some_ids, some = library.vectors([red])
     assert some_ids.tolist() == [red]
     np.testing.assert_array_equal(some[0], vecs[ids.tolist().index(red)])
+
+
+def test_facts_of_a_photo_only_the_columns_the_library_stores(library, colour_photos):
+    import os
+
+    row = library.catalog.find_path(os.path.abspath(colour_photos["red"]))
+    facts = library.facts(row.id)
+    assert set(facts) <= library.catalog.fact_columns
+    # No EXIF in these photos: the capture time falls back to the file's mtime, and says so.
+    assert library.facts(row.id, ["taken_at", "taken_source"])["taken_source"] == "mtime"
+    assert set(library.facts(row.id, ["taken_at"])) == {"taken_at"}
+    assert library.facts(row.id, ["no_such_fact"]) == {}
+    assert set(library.facts(row.id, ["taken_at", "no_such_fact"])) <= {"taken_at"}
+    assert library.facts(999_999) == {}

@@ -285,7 +285,7 @@ class PhotoApi:
             score = None if h.score is None else round(float(h.score), 6)
             video = getattr(h, "segment", None) is not None
             out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
-                           height=row.height, taken_at=getattr(h, "taken_at", None), thumb_url=self.thumb_url(h.id),
+                           height=row.height, taken_at=h.taken_at, thumb_url=self.thumb_url(h.id),
                            time=h.time if video else None, segment=list(h.segment) if video else None,
                            moments=[list(m) for m in h.moments] if video else [],
                            video_url=f"{API_PREFIX}/photos/{h.id}/video" if video else None))
@@ -323,9 +323,7 @@ class PhotoApi:
         with self.lock:
             row = self._row(image_id)
             root, rel = split_root(row.path, self.library.roots())
-            catalog = self.library.catalog
-            taken = (catalog.facts([row.id], ["taken_at"]).get(row.id, {}).get("taken_at")
-                     if "taken_at" in catalog.fact_columns else None)
+            taken = self.library.facts(row.id, ["taken_at"]).get("taken_at")
         return Photo(id=row.id, path=rel, root=root, width=row.width, height=row.height, size=row.size,
                      modified=_iso(row.mtime_ns), taken_at=taken, thumb_url=self.thumb_url(row.id),
                      original_url=f"{API_PREFIX}/photos/{row.id}/original" if self.serve_originals else None)

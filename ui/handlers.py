@@ -421,9 +421,7 @@ class Handlers:
         """"taken 2019-07-04 18:30 (UTC+01:00) · Lisbon, Portugal · Google Pixel 7", or "" without metadata."""
         columns = ("taken_at", "taken_source", "place_city", "place_country", "camera")
         with self._lib() as lib:
-            if not set(columns) <= lib.catalog.fact_columns:
-                return ""
-            f = lib.catalog.facts([int(image_id)], columns).get(int(image_id), {})
+            f = lib.facts(int(image_id), columns)
         parts = []
         if f.get("taken_at"):
             stamp = f["taken_at"]

@@ -554,6 +554,18 @@ class Library:
     def get_image(self, image_id: int) -> ImageRow | None:
         return self.catalog.get_image(image_id)
 
+    def facts(self, image_id: int, columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """The stored per-file facts of one catalogued file (metadata: `taken_at`, `place_city`, `camera`, ...).
+
+        `columns`: the facts wanted (default: all); ones this library does not store are left
+        out, so a library indexed before a fact existed answers without it. {} when none.
+        """
+        stored = self.catalog.fact_columns
+        wanted = [c for c in (stored if columns is None else columns) if c in stored]
+        if not wanted:
+            return {}
+        return self.catalog.facts([int(image_id)], sorted(wanted)).get(int(image_id), {})
+
     def vectors(self, ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stored (ids, vectors) of indexed images, all or the given ids."""
         return self.catalog.vectors_of(ids, self.dim)
