@@ -17,7 +17,7 @@ pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
 from hostile import png, png_deflate_bomb  # noqa: E402
-from test_ui_http import USER, PASSWORD, _serve, call, file_data, refused  # noqa: E402
+from test_ui_http import NO_META_FILTERS, PASSWORD, USER, _serve, call, file_data, refused  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def served_with_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
 def _thumbnails(served: Any) -> Path:
     """Make sure some thumbnails exist (the page asks the API for them); returns their folder."""
     with served.client() as c:
-        event, out = call(c, "search", ["red", 3, 0, ""])
+        event, out = call(c, "search", ["red", 3, 0, "", *NO_META_FILTERS])
         assert event == "complete"
         for hit in out[0]["hits"]:
             assert c.get(hit["thumb"]).status_code == 200
@@ -123,7 +123,7 @@ def test_private_events_ignore_forged_session_state(served: Any) -> None:
         like = deps["on_like"]
         broken = served.library.catalog.find_path(str(served.root / "photos" / "broken.jpg")).id
         r = c.post("/gradio_api/queue/join", json={
-            "data": [broken, "", 3, 0, ""], "fn_index": like["id"], "session_hash": "forged",
+            "data": [broken, "", 3, 0, "", *NO_META_FILTERS], "fn_index": like["id"], "session_hash": "forged",
             "event_data": None, "trigger_id": like["targets"][0][0]})
         assert r.status_code == 200
         output = None
@@ -183,12 +183,12 @@ def test_uploaded_bombs_are_refused_and_the_server_keeps_serving(served: Any) ->
                            ("strip.png", png(1, 1_000_000))):
             r = c.post("/gradio_api/upload", files={"files": (name, data, "image/png")})
             assert r.status_code == 200
-            event, out = call(c, "search_image", [file_data(r.json()[0]), "", 3, 0, ""])
+            event, out = call(c, "search_image", [file_data(r.json()[0]), "", 3, 0, "", *NO_META_FILTERS])
             if event == "complete":
                 assert out[0]["hits"] == [] and out[1].startswith(f"⚠️ Can't use {name}: "), out[1]
             else:  # Gradio's own image check refused it first
                 assert event == "error"
-        event, out = call(c, "search", ["red", 1, 0, ""])
+        event, out = call(c, "search", ["red", 1, 0, "", *NO_META_FILTERS])
         assert event == "complete" and out[0]["hits"][0]["name"] == "red.jpg"
     assert time.monotonic() - started < 5
 
