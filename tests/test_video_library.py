@@ -84,8 +84,8 @@ def test_cli_prints_the_moment(capsys: pytest.CaptureFixture[str]) -> None:
     _print_hits([Hit("/p/trip.mp4", 0.5, 7, time=42.0, segment=(41.0, 47.4))], True)
     import json
 
-    assert json.loads(capsys.readouterr().out)[0] == {"path": "/p/trip.mp4", "score": 0.5, "id": 7, "time": 42.0,
-                                                      "segment": [41.0, 47.4], "moments": []}
+    assert json.loads(capsys.readouterr().out)[0].items() >= {"path": "/p/trip.mp4", "score": 0.5, "id": 7,
+                                                              "time": 42.0, "segment": [41.0, 47.4]}.items()
 
 
 def test_frames_never_look_like_files_to_a_sync(tmp_path: Path, folder: Path) -> None:
@@ -142,3 +142,40 @@ def test_a_moved_video_keeps_its_moments_and_a_copied_one_is_encoded(tmp_path: P
         assert (report.added, report.copied) == (1, 0)  # encoded, frames and all
         copy = lib.catalog.find_path(str(folder / "copy.mp4")).id
         assert len(lib.catalog.frames_of(copy)[0]) == len(frames)
+
+
+def test_a_videos_capture_time_and_place_are_its_metadata_and_filters_keep_its_moments(tmp_path: Path) -> None:
+    import av
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    clip = folder / "lisbon.mp4"
+    with av.open(str(clip), "w") as out:
+        out.metadata["creation_time"] = "2019-07-14T18:30:00.000000Z"
+        out.metadata["location"] = "+38.7223-009.1393/"
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"g": "300"}
+        for colour in ("red", "blue", "green"):
+            for _ in range(30):
+                img = np.zeros((48, 64, 3), np.uint8)
+                img[:] = COLOURS[colour]
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    write_colour_photos(folder, ["blue", "red"])
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        lib.index(folder)
+        row = lib.catalog.find_path(str(clip))
+        facts = lib.catalog.facts([row.id], ["taken_at", "taken_source", "file_type", "place_city", "gps_lat"])[row.id]
+        assert facts["taken_at"].startswith("2019-07-14T18:30:00") and facts["taken_source"] == "video"
+        assert facts["file_type"] == "video" and facts["place_city"] == "Lisbon" and abs(facts["gps_lat"] - 38.72) < 0.01
+        # Filters keep a video's later moments: blue is its second shot, not its first frame.
+        hits = lib.search("blue after:2019-06 type:video", k=3)
+        assert [h.path for h in hits] == [str(clip)] and 3.0 <= hits[0].time < 6.0
+        assert [h.path for h in lib.search("blue place:lisbon", k=1)] == [str(clip)]
+        assert hits[0].taken_at.startswith("2019-07-14") and hits[0].place.startswith("Lisbon")  # the video's facts
+        dated = lib.search("blue sort:oldest min:0.5", k=3)  # the 2019 video before today's photo
+        assert dated and dated[0].path == str(clip) and dated[0].taken_at.startswith("2019-07-14")
+        assert str(clip) not in [h.path for h in lib.search("blue type:jpeg", k=3)]

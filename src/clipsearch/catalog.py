@@ -259,7 +259,13 @@ class Catalog:
         alone, 270x slower at 1,000 of 100,000 photos (docs/performance.md).
         """
         rows = self._db.execute(f"SELECT id FROM images WHERE ({where})", list(params))
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        if self._db.execute("SELECT 1 FROM images WHERE video_id IS NOT NULL LIMIT 1").fetchone() is None:
+            return ids
+        # A matching video's further frames match with it (facts are stored on the video's own row).
+        frames = self._db.execute(f"SELECT id FROM images WHERE video_id IN "
+                                  f"(SELECT id FROM images WHERE time IS NOT NULL AND ({where}))", list(params))
+        return np.concatenate([ids, np.fromiter((r[0] for r in frames), dtype=np.int64)])
 
     def ordered_ids(self, where: str, params: Sequence[Any], column: str, *, descending: bool = True,
                     ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:

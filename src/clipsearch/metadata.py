@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 # Sources of the capture time, most trusted first.
-TAKEN_SOURCES: tuple[str, ...] = ("exif", "exif-create", "gps", "filename", "mtime")
+TAKEN_SOURCES: tuple[str, ...] = ("exif", "exif-create", "gps", "video", "filename", "mtime")
 
 RAW_EXTENSIONS: frozenset[str] = frozenset({
     ".dng", ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".orf", ".rw2", ".raf", ".pef",
@@ -506,10 +506,54 @@ def read_metadata(path: str | os.PathLike[str], image: Image.Image | None = None
     that cannot be read at all gives the facts of its name and stat alone.
     """
     path = os.fspath(path)
-    raw = _safe(lambda: _open_raw(path, image), None) or _Raw({}, {}, {})
     if stat is None:
         stat = _safe(lambda: os.stat(path))
+    from clipsearch.video import is_video
+
+    if is_video(path):
+        return _video_facts(path, stat)
+    raw = _safe(lambda: _open_raw(path, image), None) or _Raw({}, {}, {})
     return _facts(path, raw, stat)
+
+
+def _video_facts(path: str, stat: os.stat_result | None) -> PhotoMetadata:
+    """A video's capture time (the container's creation_time: "video"), GPS (ISO 6709 location tag), size."""
+    from clipsearch.video import video_tags
+
+    tags, (width, height) = _safe(lambda: video_tags(path), ({}, (None, None)))
+    taken, source = None, None
+    created = tags.get("creation_time") or tags.get("com.apple.quicktime.creationdate")
+    parsed = _safe(lambda: _dt.datetime.fromisoformat(created.replace("Z", "+00:00"))) if created else None
+    if parsed is not None and parsed.year > 1970:
+        taken, source = parsed, "video"
+    else:
+        for name, find in (("filename", lambda: date_from_filename(path)),
+                           ("mtime", lambda: _dt.datetime.fromtimestamp(stat.st_mtime).astimezone()
+                            if stat is not None else None)):
+            taken = _safe(find)
+            if taken is not None:
+                source = name
+                break
+    lat = lon = alt = None
+    location = tags.get("location") or tags.get("com.apple.quicktime.location.ISO6709") or ""
+    found = re.match(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)?", location.strip())
+    if found:
+        lat = _in_range(float(found.group(1)), -90.0, 90.0)
+        lon = _in_range(float(found.group(2)), -180.0, 180.0)
+        alt = float(found.group(3)) if found.group(3) and lat is not None else None
+        if lat is None or lon is None or (lat == 0.0 and lon == 0.0):
+            lat = lon = alt = None
+    offset = int(taken.utcoffset().total_seconds() // 60) if taken is not None and taken.utcoffset() is not None \
+        else None
+    return PhotoMetadata(
+        taken_at=iso_taken_at(taken) if taken is not None else None,
+        taken_ts=wall_seconds(taken) if taken is not None else None, taken_offset=offset, taken_source=source,
+        gps_lat=round(lat, 7) if lat is not None else None, gps_lon=round(lon, 7) if lon is not None else None,
+        gps_alt=round(alt, 2) if alt is not None else None,
+        camera_make=_text(tags.get("com.apple.quicktime.make") or tags.get("make")),
+        camera_model=_text(tags.get("com.apple.quicktime.model") or tags.get("model")),
+        pixel_width=width, pixel_height=height, file_type="video",
+        file_size=int(stat.st_size) if stat is not None else None)
 
 
 def _facts(path: str, raw: _Raw, stat: os.stat_result | None) -> PhotoMetadata:

@@ -52,7 +52,7 @@ AUTO: Literal["auto"] = "auto"
 SORTS: tuple[str, ...] = ("score", "newest", "oldest")
 _SORT_WORDS = {"score": "score", "relevance": "score", "date": "newest", "newest": "newest", "date-desc": "newest",
                "oldest": "oldest", "date-asc": "oldest"}
-FILE_TYPES: tuple[str, ...] = ("jpeg", "heic", "png", "webp", "gif", "bmp", "tiff", "raw", "avif")
+FILE_TYPES: tuple[str, ...] = ("jpeg", "heic", "png", "webp", "gif", "bmp", "tiff", "raw", "avif", "video")
 _TYPE_ALIASES = {"jpg": "jpeg", "heif": "heic", "tif": "tiff"}
 
 

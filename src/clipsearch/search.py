@@ -280,7 +280,7 @@ class Searcher:
         rows = self.catalog.get_images(i for _, i in pairs)
         hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
         hits = group_moments(self.catalog, hits, vector, self.index.dim, exclude=set(int(i) for i in exclude_ids))
-        by_id = {h.id: h for h in hits}
+        by_id = {self._fact_ids(hits)[h.id]: h for h in hits}  # a video's moment is dated by the video
         ids = self.catalog.ordered_ids("1", [], "taken_ts", descending=order == "newest", ids=list(by_id), limit=k)
         return self._with_facts([by_id[i] for i in ids])
 
@@ -349,13 +349,19 @@ class Searcher:
     def _with_facts(self, hits: Sequence[Hit]) -> list[Hit]:
         """The hits with their capture time, place and camera (from the catalog's metadata columns)."""
         columns = [c for c in _HIT_FACTS if c in self.catalog.fact_columns]  # none in a library without metadata
-        facts = self.catalog.facts([h.id for h in hits], columns) if columns else {}
+        of = self._fact_ids(hits)
+        facts = self.catalog.facts(set(of.values()), columns) if columns else {}
         out = []
         for h in hits:
-            f = facts.get(h.id, {})
+            f = facts.get(of[h.id], {})
             place = ", ".join(p for p in (f.get("place_city"), f.get("place_country")) if p) or None
             out.append(dataclasses.replace(h, taken_at=f.get("taken_at"), place=place, camera=f.get("camera")))
         return out
+
+    def _fact_ids(self, hits: Sequence[Hit]) -> dict[int, int]:
+        """{hit id: the row holding its facts}: itself, or for a video's moment the video's own row."""
+        moments = self.catalog.moments([h.id for h in hits if h.segment is not None])
+        return {h.id: moments[h.id][0] if h.id in moments else h.id for h in hits}
 
     # -- image search -----------------------------------------------------------------
     def search_vector(self, vector: np.ndarray, k: int = 20, *, min_score: float | None = None,

@@ -65,6 +65,18 @@ def load_picture(path: str, *, target_size: int | None = None) -> "Image.Image":
     return load_image(path, target_size=target_size)
 
 
+def video_tags(path: str | os.PathLike[str]) -> tuple[dict[str, str], tuple[int | None, int | None]]:
+    """The container's metadata tags (creation_time, location, ...) and the frame size, without decoding."""
+    limits = VideoLimits()
+    container = _open(os.fspath(path), limits)
+    try:
+        tags = {str(k): str(v) for k, v in (container.metadata or {}).items()}
+        ctx = container.streams.video[0].codec_context
+        return tags, (int(ctx.width) or None, int(ctx.height) or None)
+    finally:
+        container.close()
+
+
 def is_video(path: str | os.PathLike[str]) -> bool:
     """True when the file's extension is a video container clipsearch indexes."""
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS
