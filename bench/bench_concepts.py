@@ -15,8 +15,8 @@ R@10 is measured against a brute-force oracle of the true photos (the scene labe
 sentence ("bella on a road at night", 9 of the 18 setting × time pairs, base-world
 settings only where words exist): the photos that show it in that setting at that time.
 Words: "a pink kite", "a pink kite on a road at night". Every method runs on the same
-vectors in one run; the product's method is `centred` with sentence weight 1.0
-(clipsearch.concepts.build_concept and resolve_text). Also measured: how often the
+vectors in one run; the product's method is `whitened` with sentence weight 2.0 for a
+library this size (clipsearch.concepts.build_concept and resolve_text: the "product" row). Also measured: how often the
 spread measure calls a consistent example set weak, and a set mixing two unrelated
 concepts weak.
 """
@@ -113,7 +113,7 @@ def main() -> int:
         for k in KS:
             for seed in range(args.seeds):
                 E = examples[(colour, obj, seed)][:k]
-                product, _ = build_concept(E, X)
+                product, params = build_concept(E, X)
                 vectors = {"prototype": unit(E.mean(axis=0)), "centred": product,
                            "whitened": unit(np.linalg.solve(whiten, E.mean(axis=0) - mu))}
                 for name, vec in vectors.items():
@@ -129,6 +129,7 @@ def main() -> int:
                     class _C:  # the product's path: the name resolved inside the query text
                         stale = False
                         vector = product
+                        weight = params["weight"]
                     query = resolve_text(f"bella {rest}", {"bella": _C()}, text_vector)  # type: ignore[dict-item]
                     res[("product", "sentence", group, k)].append(r10(query, sub))
 

@@ -269,3 +269,23 @@ def test_cli_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert len(tw.read_captions(tmp_path / "captions.csv")) == 6
     with pytest.raises(SystemExit):
         parser.parse_args(["toyworld", "generate", str(tmp_path), "--n", "0"])
+
+
+def test_the_extension_world_shows_a_new_word_in_every_scene_and_the_base_world_none(tmp_path) -> None:
+    ext = tw.plan_scenes(300, "train", seed=3, world="ext")
+    assert all(tw.has_new_word(s) and not tw.is_held_out(s) for s in ext)
+    assert all(tw.parse_canonical(tw.canonical(s)) == s for s in ext)
+    assert {o for s in ext for _, o in s.objects} >= set(tw.EXTRA_OBJECTS)
+    assert "beach" in {s.setting for s in ext}
+    assert not any(tw.has_new_word(s) for s in tw.plan_scenes(300, "train", seed=3))
+    assert all(tw.is_held_out(s) for s in tw.plan_scenes(100, "test", seed=3, world="ext"))
+    with pytest.raises(ValueError, match="unknown world"):
+        tw.plan_scenes(5, world="mars")
+    csv_path = tw.generate(tmp_path / "ext", 6, split="seen", seed=1, size=64, workers=1, world="ext", quality=40,
+                           progress=False)
+    rows = tw.read_captions(csv_path)
+    assert all(tw.has_new_word(tw.parse_canonical(r["canonical"])) for r in rows)
+    small = (tmp_path / "ext" / rows[0]["filepath"]).stat().st_size
+    tw.generate(tmp_path / "ext95", 6, split="seen", seed=1, size=64, workers=1, world="ext", quality=95,
+                progress=False)
+    assert (tmp_path / "ext95" / rows[0]["filepath"]).stat().st_size > small

@@ -19,10 +19,15 @@ import numpy as np
 
 from clipsearch.errors import ConceptError
 
-METHOD = "centered-prototype"
-# How much the concept counts against the words around it in a sentence. Measured on the
-# toy world (bench/bench_concepts.py, docs/concepts.md): see `resolve_text`.
-SENTENCE_WEIGHT = 1.0
+# How much the concept counts against the words around it in a sentence, per method. Of
+# 0.5, 1 and 2, these measured best (bench/bench_concepts.py, docs/concepts.md).
+SENTENCE_WEIGHT = {"whitened-prototype": 2.0, "centred-prototype": 1.0}
+# Shrinkage of the library covariance toward a multiple of the identity when whitening
+# (0.3 measured; see build_concept).
+SHRINKAGE = 0.3
+# Whitening needs a covariance estimated from this many photos per dimension; a smaller
+# library gets the centred prototype (in a 130-photo test library whitening did worse).
+WHITEN_MIN_PER_DIM = 4
 # Examples whose mean pairwise cosine (after removing the library's mean) is under this
 # are too unlike each other to be one thing: the concept is reported weak. On toy-world
 # example sets (docs/concepts.md), 0.15 keeps 90% of consistent 5-example sets and flags
@@ -43,7 +48,8 @@ class Concept:
     removed (1: identical, about 0: unrelated photos; None for one example); `weak` is
     True when it is under `WEAK_COHERENCE`. `threshold` is the score from which a photo
     fits the concept (for describe). `stale` is True when the library's model is not the
-    one the concept was made with: it must then be made again.
+    one the concept was made with: it must then be made again. `weight`: how much it
+    counts against the words around it in a sentence.
     """
 
     name: str
@@ -57,6 +63,7 @@ class Concept:
     method: str
     created_at: float
     stale: bool = False
+    weight: float = 1.0
 
     def summary(self) -> str:
         spread = "spread unknown (one example)" if self.coherence is None else f"coherence {self.coherence:.2f}"
@@ -96,17 +103,27 @@ def coherence(examples: np.ndarray, library_mean: np.ndarray) -> float | None:
 def build_concept(examples: np.ndarray, library_sample: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """The concept's query vector and its parameters, from example image vectors.
 
-    The method (chosen by measurement, docs/concepts.md): the mean of the examples minus
-    the mean of the library's images, normalised. Removing the library mean drops what
-    every photo shares (the image side of the image–text modality gap, the typical
-    background), so what is left points at what the examples have in common and others
-    lack; it then behaves like a text vector in query arithmetic.
+    The method, chosen by measurement against the plain prototype (docs/concepts.md): the
+    mean of the examples minus the mean of the library's images, which drops what every
+    photo shares (the image side of the image–text modality gap, the typical background);
+    then, for a library of at least WHITEN_MIN_PER_DIM × dim photos, whitened by the
+    library's covariance shrunk toward the identity, so the directions in which photos
+    differ most (settings, times of day) count less and the words around the name decide
+    them; normalised. A smaller library keeps the centred prototype (no whitening).
     """
     examples = np.asarray(examples, np.float32)
     if examples.ndim != 2 or not len(examples):
         raise ConceptError("a concept needs at least one example photo")
     mean = (library_sample.mean(axis=0) if len(library_sample) else np.zeros(examples.shape[1], np.float32))
-    vector = unit(examples.mean(axis=0) - mean)
+    direction = examples.mean(axis=0) - mean
+    method = "centred-prototype"
+    if len(library_sample) >= WHITEN_MIN_PER_DIM * examples.shape[1]:
+        method = "whitened-prototype"
+        centred = library_sample - mean
+        cov = centred.T @ centred / len(library_sample)
+        shrunk = (1 - SHRINKAGE) * cov + SHRINKAGE * float(np.trace(cov)) / len(cov) * np.eye(len(cov))
+        direction = np.linalg.solve(shrunk, direction)
+    vector = unit(direction)
     coh = coherence(examples, mean)
     example_scores = examples @ vector
     library_scores = library_sample @ vector if len(library_sample) else np.zeros(1, np.float32)
@@ -114,7 +131,7 @@ def build_concept(examples: np.ndarray, library_sample: np.ndarray) -> tuple[np.
     # quarter of the way back toward a typical library photo.
     low, typical = float(example_scores.min()), float(np.median(library_scores))
     threshold = low - 0.25 * max(0.0, low - typical)
-    params = {"method": METHOD, "coherence": coh, "threshold": threshold,
+    params = {"method": method, "weight": SENTENCE_WEIGHT[method], "coherence": coh, "threshold": threshold,
               "weak": bool(coh is not None and coh < WEAK_COHERENCE), "library_sample": int(len(library_sample))}
     return vector, params
 
@@ -124,8 +141,8 @@ def concept_from_row(row: Any, model: str) -> Concept:
     p = row.params
     return Concept(name=row.name, vector=row.vector, examples=len(row.examples), sources=tuple(row.sources),
                    coherence=p.get("coherence"), weak=bool(p.get("weak")), threshold=float(p.get("threshold", 1.0)),
-                   model=row.model, method=p.get("method", METHOD), created_at=row.created_at,
-                   stale=row.model != model)
+                   model=row.model, method=p.get("method", "centred-prototype"), created_at=row.created_at,
+                   stale=row.model != model, weight=float(p.get("weight", 1.0)))
 
 
 def find_names(text: str, names: Sequence[str] | Mapping[str, Any]) -> list[tuple[str, int, int]]:
@@ -139,12 +156,13 @@ def find_names(text: str, names: Sequence[str] | Mapping[str, Any]) -> list[tupl
 
 
 def resolve_text(text: str, concepts: Mapping[str, Concept], text_vector: Callable[[str], np.ndarray],
-                 *, weight: float = SENTENCE_WEIGHT) -> np.ndarray | None:
+                 *, weight: float | None = None) -> np.ndarray | None:
     """The unit vector of a text term that names concepts, or None when it names none.
 
     `bella` is the concept's vector; `bella on a beach` is the normalised sum of
-    `weight` × the concept's vector and the text vector of the words left when the names
-    are removed ("on a beach"). Several concepts in one term add up the same way.
+    `weight` (default: the concept's own `weight`) × the concept's vector and the text
+    vector of the words left when the names are removed ("on a beach"). Several concepts
+    in one term add up the same way.
     ConceptError for a stale concept (made with another model).
     """
     used = find_names(text, concepts)
@@ -156,12 +174,12 @@ def resolve_text(text: str, concepts: Mapping[str, Concept], text_vector: Callab
         if concept.stale:
             raise ConceptError(f"concept {name!r} was made with model {concept.model}, not the library's model "
                                f"now: add it again (clipsearch concept add {name} --replace EXAMPLES...)")
-        parts.append(concept.vector)
+        parts.append((concept.weight if weight is None else weight) * concept.vector)
     rest = text
     for _, start, end in reversed(used):
         rest = rest[:start] + rest[end:]
     rest = " ".join(rest.split())
-    total = weight * np.sum(parts, axis=0) if rest else np.sum(parts, axis=0)
+    total = np.sum(parts, axis=0)
     if rest:
         total = total + text_vector(rest)
     return unit(total)
