@@ -195,7 +195,7 @@ def test_small_syncs_decode_in_threads_and_large_ones_in_processes(
     write_colour_photos(tmp_path / "few", ["red", "green"])
     many = tmp_path / "many"
     for i in range(clipsearch.indexer.PROCESS_MIN_FILES):
-        write_colour_photos(many / str(i), ["red"])
+        write_colour_photos(many / str(i), ["red"], seed=i + 1)  # all different (and from few): copies are not decoded
     with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
         assert lib.index(tmp_path / "few").added == 2
         assert lib.index(many).added == clipsearch.indexer.PROCESS_MIN_FILES
