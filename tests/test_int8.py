@@ -23,6 +23,13 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "tw" / "images"
 
 
+def _new_photo(source: Path, target: Path) -> None:
+    """A photo the library has not seen (mirrored), so it is encoded rather than matched as a copy."""
+    from PIL import Image, ImageOps
+
+    ImageOps.mirror(Image.open(source).convert("RGB")).save(target, quality=90)
+
+
 def test_int8_tower_gives_vectors_close_to_torch(photos: Path) -> None:
     from PIL import Image
 
@@ -51,7 +58,7 @@ def test_a_library_remembers_int8_and_says_when_it_mixes(photos: Path, tmp_path:
     with Library.open(tmp_path / "lib", image_backend="auto") as lib:
         lib.index(later)
         assert lib.encoder.image_backend == "onnx-int8" and lib.info().image_precision == "int8"
-    (later / "extra.jpg").write_bytes(files[0].read_bytes())
+    _new_photo(files[0], later / "extra.jpg")  # not a copy: copies take their twin's stored vector
     with caplog.at_level("WARNING"), Library.open(tmp_path / "lib", image_backend="torch") as lib:
         assert lib.index(later).added == 1
         info = lib.info()
@@ -72,7 +79,7 @@ def test_auto_picks_int8_for_a_new_library_only_where_it_measured_faster(photos:
     monkeypatch.setattr(encoder_module.ClipEncoder, "int8_measured_faster", lambda self, cache_dir=None: True)
     (tmp_path / "more").mkdir()
     for f in sorted(photos.glob("*.jpg"))[:9]:
-        (tmp_path / "more" / f.name).write_bytes(f.read_bytes())
+        _new_photo(f, tmp_path / "more" / f.name)
     with Library.open(tmp_path / "lib-False", image_backend="auto") as lib:
         lib.index(tmp_path / "more")
         assert lib.encoder.image_backend == "onnxruntime" and lib.info().image_precision == "fp32"
