@@ -114,7 +114,7 @@ def main() -> int:
             for seed in range(args.seeds):
                 E = examples[(colour, obj, seed)][:k]
                 product, params = build_concept(E, X)
-                vectors = {"prototype": unit(E.mean(axis=0)), "centred": product,
+                vectors = {"prototype": unit(E.mean(axis=0)), "centred": unit(E.mean(axis=0) - mu),
                            "whitened": unit(np.linalg.solve(whiten, E.mean(axis=0) - mu))}
                 for name, vec in vectors.items():
                     res[(name, "alone", group, k)].append(r10(vec, truth))
