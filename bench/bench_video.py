@@ -103,12 +103,13 @@ def cost(path: Path, encoder, label: str, duration: float) -> None:
 
 
 def peak_rss(path: Path, target: int) -> str:
-    code = ("import resource,sys;from clipsearch.video import sample_frames;"
-            "b=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child would report its parent's.
+    code = ("import re;from clipsearch.video import sample_frames;"
+            "hwm=lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))/1024;"
+            "import av;b=hwm();"
             f"i,f=sample_frames({str(path)!r}, target_size={target});"
-            "a=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            "print(f'{len(f)} frames of {i.width}x{i.height}, {i.duration:.0f} s: peak RSS {a/1024:.0f} MB "
-            "({(a-b)/1024:.0f} MB over the interpreter with PyAV loaded)')")
+            "print(f'{len(f)} frames of {i.width}x{i.height}, {i.duration:.0f} s: peak RSS {hwm():.0f} MB "
+            "({hwm()-b:.0f} MB over the interpreter with PyAV loaded)')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
