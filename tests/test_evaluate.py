@@ -272,7 +272,7 @@ def test_eval_command_prints_a_side_by_side_table(tmp_path: Path, monkeypatch: p
     constant = TableEncoder(np.ones((len(scenes), 4)), lambda t: np.ones(4))
     loaded = []
 
-    def fake_load(model: str, pretrained: str | None, *, device: str | None = None) -> TableEncoder:
+    def fake_load(model: str, pretrained: str | None, *, device: str | None = None, **options: object) -> TableEncoder:
         loaded.append((model, pretrained))
         return good if model == "good" else constant
 
