@@ -13,6 +13,9 @@ from typing import Any, Iterator
 
 import pytest
 
+# The Search tab's photo metadata filters (taken from, before, place, camera, types, newest first): none.
+NO_META_FILTERS = ["", "", "", "", [], False]
+
 pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
@@ -217,7 +220,7 @@ def test_without_a_login_no_route_answers_with_data(served_with_login: Any) -> N
                 if files:
                     r = anon.post(path, files=files)
                 else:
-                    r = anon.post(path, json={"data": ["red", 3, 0, ""], "fn_index": 0, "session_hash": "x"})
+                    r = anon.post(path, json={"data": ["red", 3, 0, "", *NO_META_FILTERS], "fn_index": 0, "session_hash": "x"})
                 assert r.status_code in (401, 403), (path, r.status_code)
                 assert b"event_id" not in r.content
         # HTTP basic auth with the right password is not a way in either (Gradio logs in by form only).
