@@ -234,3 +234,14 @@ def test_load_picture_shows_a_frame_row_its_moment(tmp_path: Path) -> None:
     assert r > 150 > b  # a video's own row: its first frame
     Image.new("RGB", (8, 8), "green").save(tmp_path / "g.png")
     assert load_picture(str(tmp_path / "g.png")).getpixel((1, 1))[1] > 100
+
+
+def test_a_long_video_is_sampled_within_its_caps(tmp_path: Path) -> None:
+    # Three minutes at 10 fps with 30 s GOPs: frames capped and spread over the whole video,
+    # each a small image whatever the count (the 4K and 10-minute figures: bench/bench_video.py).
+    clip = write_clip(tmp_path / "long.mp4", [(90, 90, 90), (200, 200, 0), (0, 120, 200)], seconds_each=60.0,
+                      size=(32, 32), keyint=300)
+    info, frames = sample_frames(clip, VideoLimits(max_frames=40))
+    assert info.duration == pytest.approx(180.0, abs=0.5)
+    assert len(frames) == 40 and frames[0].time == 0.0 and frames[-1].time > 170.0
+    assert all(f.image.size == (32, 32) for f in frames)
