@@ -13,6 +13,9 @@ SQLite connection and the FAISS index serve one caller at a time). Photos are na
 catalog id, never by path; errors are JSON `{"error", "detail"}` with a 4xx/5xx status.
 Who may call is decided by `Access`: open on loopback without a login; with a login or a
 token, a request needs the UI's login cookie or `Authorization: Bearer TOKEN`.
+
+Longer than most modules on purpose: the whole HTTP contract in one place (response models,
+routes, access rule, error mapping), which docs/api-openapi.json mirrors.
 """
 from __future__ import annotations
 

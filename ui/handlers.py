@@ -5,6 +5,10 @@ Each returns exactly what its Gradio outputs show (a NamedTuple, so the wiring i
 Per-session values (the results shown, the selected photo, the map) are passed in and
 returned, never kept here; this object holds only the shared library and a lock, because
 a library's catalog and index serve one caller at a time.
+
+Longer than most modules on purpose: one short handler per thing a person can do in the UI,
+over shared session helpers (the results shown, paging, the photo panel); the tabs' layouts
+are in their own modules.
 """
 from __future__ import annotations
 

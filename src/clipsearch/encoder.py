@@ -4,6 +4,10 @@ Weights come from, in order of preference: a local checkpoint file, the bundled
 `toyworld` model, the Hugging Face (or `~/.cache/clip`) cache, and only then the network.
 Without a network the load fails in seconds with a message that says how to supply
 weights; it never hangs in retries.
+
+Longer than most modules on purpose: open_clip loading and weight resolution, the ONNX image
+backends (fp32, int8) and `LazyEncoder` share the model signature and the export cache keys;
+the text tower's export is in `text_onnx`.
 """
 from __future__ import annotations
 

@@ -23,6 +23,10 @@ that "after 2019-06" and date order mean the photo's own calendar, wherever it w
 
 Nothing a file contains makes this raise: broken or hostile EXIF (wrong types, offsets
 past the end, huge counts, dates like 0000:00:00, NaN rationals) gives missing fields.
+
+Longer than most modules on purpose: a tolerant EXIF/XMP parser of its own (Pillow drops a
+whole block on one bad offset) next to the fallback chain and the reader's columns, so the
+parser and the column set change together.
 """
 from __future__ import annotations
 

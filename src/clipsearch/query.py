@@ -30,6 +30,10 @@ any of which may match; different keys must all match):
 A query of filters alone lists the matching photos newest first. Unknown keys and bad
 values are `QueryError`s that name them. Other modules may add keys with
 `register_key` (and terms with `clipsearch.search`'s term resolvers).
+
+Longer than most modules on purpose: one grammar and one typed `Query` for every interface
+(CLI, UI, HTTP API, Python), with the table of keys, their parsers, their errors and the SQL
+each filter compiles to; split, the key table would live in two places.
 """
 from __future__ import annotations
 

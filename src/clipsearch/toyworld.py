@@ -9,6 +9,10 @@ Some colour-object and object-time combinations never appear in the train split
 (`HELD_OUT_COLOUR_OBJECT`, `HELD_OUT_OBJECT_TIME`); the test split holds only scenes with
 at least one of them, so a model's compositional generalisation can be measured. See
 data/README.md for the whole description.
+
+Longer than most modules on purpose: the world's vocabulary, captions, drawing and
+generation share private drawing helpers and one determinism contract (the same seed gives
+the same bytes).
 """
 from __future__ import annotations
 

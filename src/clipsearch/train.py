@@ -5,6 +5,10 @@ the training device and is normalised there, so an epoch costs no decoding and n
 to device copies; larger data streams through a DataLoader instead. Checkpoints are
 written atomically after every epoch, and a resumed run ends with the same weights as an
 uninterrupted one (on CPU; CUDA kernels are not bit-deterministic).
+
+Longer than most modules on purpose: the training loop, the device image cache, atomic
+checkpoints and exact resume share one run's state; split when a second training recipe
+arrives.
 """
 from __future__ import annotations
 

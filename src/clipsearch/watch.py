@@ -15,6 +15,9 @@ after the first, so a long copy is synced as it goes); a file written less than 
 seconds ago and not closed since is left for the next batch, so a photo still being
 copied is never read half-written. A sync holds the library's write lock only while it
 runs; readers (the web UI, `clipsearch search`) take in its work at its next index save.
+
+Longer than most modules on purpose: the event source, the polling fallback, batching, files
+still being written, lost roots and stopping share one watcher state; each piece is small.
 """
 from __future__ import annotations
 

@@ -17,6 +17,10 @@
 3. **Groups**: connected components of the copy edges ("copies"), or of the copy and
    moment edges with at least one moment edge in them ("moments").
 4. **A keeper** per group (`choose_keeper`), with the reason.
+
+Longer than most modules on purpose: the decision per pair, the grouping and the keeper are
+one rule (docs/duplicates.md) that reads top to bottom; the evidence it uses lives in
+`candidates` and `pixels`.
 """
 from __future__ import annotations
 
