@@ -19,7 +19,8 @@ from typing import IO, Any, Iterator
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a folder's entries (a rename, a new file) durable; quietly a no-op where folders can't be fsynced."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -58,7 +59,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, durable: bool = 
         _unlink_quietly(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -82,7 +83,7 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
         _unlink_quietly(tmp)
         raise
     if durable:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -121,4 +122,4 @@ def remove_stale_temp_files(path: str | Path) -> int:
     return removed
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_writer", "remove_stale_temp_files"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_writer", "fsync_dir", "remove_stale_temp_files"]

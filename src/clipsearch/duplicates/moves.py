@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from clipsearch.atomic import fsync_dir
 from clipsearch.errors import ClipSearchError
 
 if TYPE_CHECKING:
@@ -94,19 +95,6 @@ def plan_moves(groups: "Sequence[DuplicateGroup]", dest: str | os.PathLike, root
     return moves
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _append(fh: Any, record: dict[str, Any]) -> None:
     fh.write(json.dumps(record) + "\n")
     fh.flush()
@@ -140,8 +128,8 @@ def _move_file(src: str, dst: str) -> None:
         except OSError:
             os.unlink(dst)  # the source could not go: the copy must not stay
             raise
-    _fsync_dir(os.path.dirname(dst))
-    _fsync_dir(os.path.dirname(src))
+    fsync_dir(os.path.dirname(dst))
+    fsync_dir(os.path.dirname(src))
 
 
 def move_others(catalog: "Catalog", groups: "Sequence[DuplicateGroup]", dest: str | os.PathLike, *,
@@ -166,7 +154,7 @@ def move_others(catalog: "Catalog", groups: "Sequence[DuplicateGroup]", dest: st
     with fh:
         _append(fh, {"journal": JOURNAL_VERSION, "created": stamp, "catalog": str(catalog.path),
                      "moves": [{"from": m.src, "to": m.dst, "id": m.id} for m in moves]})
-        _fsync_dir(str(dest_p))
+        fsync_dir(str(dest_p))
         for i, m in enumerate(moves):
             try:
                 _move_file(m.src, m.dst)
