@@ -54,6 +54,15 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, durable: bool = 
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    _replace(tmp, path, durable)
+
+
+def _replace(tmp: str, path: Path, durable: bool) -> None:
+    """Put the finished temp file in `path`'s place (and make the rename durable); remove it if that fails."""
+    try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -78,12 +87,10 @@ def atomic_path(path: str | os.PathLike, *, durable: bool = True) -> Iterator[Pa
         if durable:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    if durable:
-        fsync_dir(path.parent)
+    _replace(tmp, path, durable)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -690,8 +690,12 @@ class Catalog:
         return added
 
     def _bump_texts_version(self) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES ('texts_version', '1') "
-                         "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+        self._bump_counter("texts_version")
+
+    def _bump_counter(self, key: str) -> None:
+        """Add one to a meta counter (inside the caller's transaction): another process's caches see the change."""
+        self._db.execute("INSERT INTO meta(key, value) VALUES (?, '1') "
+                         "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1", (key,))
 
     @property
     def texts_version(self) -> int:
@@ -753,8 +757,7 @@ class Catalog:
                            json.loads(r[6]), r[7]) for r in rows]
 
     def _bump_concepts_version(self) -> None:
-        self._db.execute("INSERT INTO meta(key, value) VALUES ('concepts_version', '1') "
-                         "ON CONFLICT(key) DO UPDATE SET value=CAST(value AS INTEGER) + 1")
+        self._bump_counter("concepts_version")
 
     @property
     def concepts_version(self) -> int:
