@@ -199,3 +199,44 @@ def test_cli_trains_toyworld_and_the_output_works_with_pretrained(
     assert report["relevance"] == "exact" and report["images"] == 48 and report["texts"] == 48
     assert report["model"] == f"toyworld/{result['weights']}"
     assert load_encoder("toyworld", result["weights"], device="cpu").dim == 256
+
+
+@pytest.mark.parametrize("part", ["image", "text"])
+def test_freeze_keeps_one_tower_fixed_while_the_other_learns(
+        part: str, run: train_module.TrainResult, data: dict[str, Path], tmp_path: Path) -> None:
+    # Fine-tune the trained tiny model (a checkpoint file) with one tower frozen.
+    result = train(_config(data, tmp_path / part, pretrained=run.weights, epochs=2, freeze=part))
+    before, after = load_file(run.weights), load_file(result.weights)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    image_keys = {k for k in before if k.startswith("visual.")}
+    text_keys = set(before) - image_keys - {"logit_scale"}
+    assert "token_embedding.weight" in text_keys and "visual.conv1.weight" in image_keys
+    frozen, trained = (image_keys, text_keys) if part == "image" else (text_keys, image_keys)
+    assert not changed & frozen  # not one weight of the frozen tower moved
+    assert len(changed & trained) > 0.8 * len(trained)  # the other tower did learn
+    cfg = json.loads(Path(result.config).read_text())
+    assert cfg["freeze"] == part and cfg["frozen_weights"] > 0 and cfg["trained_weights"] > 0
+    # A frozen tower is part of what defines the run: resuming with another refuses.
+    other = "text" if part == "image" else "image"
+    with pytest.raises(TrainingError, match="freeze"):
+        train(_config(data, tmp_path / part, pretrained=run.weights, epochs=2, freeze=other, resume=True))
+
+
+def test_freeze_rejects_an_unknown_part(data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="'audio'"):
+        _config(data, tmp_path / "x", freeze="audio")
+    with pytest.raises(TrainingError, match="'audio'"):
+        train_module.freeze_part(torch.nn.Linear(2, 2), "audio")
+    with pytest.raises(TrainingError, match="no image-tower parameters"):
+        train_module.freeze_part(torch.nn.Linear(2, 2), "image")
+
+
+def test_a_checkpoint_from_before_freeze_existed_still_resumes(data: dict[str, Path], tmp_path: Path) -> None:
+    config = _config(data, tmp_path / "old", epochs=2)
+    first = train(replace(config, epochs=1))  # same folder; make its checkpoint look like an old one
+    ckpt = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=True)
+    ckpt["config"].pop("freeze")
+    ckpt["config"]["epochs"] = 2
+    torch.save(ckpt, tmp_path / "old" / "checkpoint.pt")
+    resumed = train(replace(config, resume=True))
+    assert first.steps == 3 and resumed.resumed_from_epoch == 1 and resumed.steps == 6

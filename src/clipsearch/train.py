@@ -28,6 +28,9 @@ import numpy as np
 import torch
 
 from clipsearch.errors import ImageLoadError, ModelError, TrainingError
+from clipsearch.train_defaults import (  # noqa: F401  (re-exported)
+    FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_EPOCHS, SCRATCH_LR,
+)
 from clipsearch.evaluate import (
     DatasetError, EvalData, EvalResult, build_eval_data, read_captions_csv, score_embeddings,
 )
@@ -39,15 +42,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FINAL_WEIGHTS_FILE = "final.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.json"
-SCRATCH_LR = 1e-3
-FINETUNE_LR = 1e-5
 _CHECKPOINT_VERSION = 1
 _DECODE_BATCH = 256
 _EVAL_BATCH = 1024
 
 # A resumed run must be the run that was interrupted: these fields decide its weights.
 _RUN_DEFINING = ("csv", "model", "pretrained", "epochs", "batch_size", "lr", "wd", "warmup", "beta1", "beta2",
-                 "eps", "grad_clip", "seed", "augment")
+                 "eps", "grad_clip", "seed", "augment", "freeze")
+# What a checkpoint written before a field existed meant by its absence.
+_LEGACY_DEFAULTS: dict[str, Any] = {"freeze": "none"}
 
 
 @dataclass(frozen=True)
@@ -55,16 +58,19 @@ class TrainConfig:
     """Everything that defines a training run; see docs/training.md for the defaults' reasons.
 
     `pretrained`: None or "none" trains from scratch; a tag, a checkpoint path or "bundled"
-    fine-tunes. `lr` None picks 1e-3 from scratch and 1e-5 when fine-tuning. `warmup` below 1
-    is a fraction of all steps, from 1 up a number of steps. `precision` "auto" is bf16
-    autocast on CUDA and fp32 elsewhere.
+    fine-tunes. `epochs`, `lr` and `freeze` None pick the from-scratch or the fine-tuning
+    default (SCRATCH_* / FINETUNE_* below; the measurements behind them are in
+    docs/training.md). `freeze` "image" keeps the image tower's weights fixed, "text" the text
+    tower's (token embedding, positional embedding, transformer, final norm, projection);
+    the temperature always trains. `warmup` below 1 is a fraction of all steps, from 1 up a
+    number of steps. `precision` "auto" is bf16 autocast on CUDA and fp32 elsewhere.
     """
 
     csv: str
     out: str
     model: str = "toyworld"
     pretrained: str | None = None
-    epochs: int = 30
+    epochs: int | None = None
     batch_size: int = 512
     lr: float | None = None
     wd: float = 0.1
@@ -82,11 +88,14 @@ class TrainConfig:
     precision: str = "auto"
     cache_max_gb: float = 8.0
     augment: bool = False
+    freeze: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.epochs is None or self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (self.freeze is None or self.freeze in FREEZE_PARTS,
+             f"unknown part to freeze {self.freeze!r}; expected one of {FREEZE_PARTS}"),
             (self.batch_size >= 2, f"batch size must be at least 2 (contrastive loss), got {self.batch_size}"),
             (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.wd >= 0, f"weight decay must be >= 0, got {self.wd}"),
@@ -110,6 +119,16 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (SCRATCH_LR if self.from_scratch else FINETUNE_LR)
+
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else (SCRATCH_EPOCHS if self.from_scratch else FINETUNE_EPOCHS)
+
+    @property
+    def frozen_part(self) -> str:
+        if self.freeze is not None:
+            return self.freeze
+        return "none" if self.from_scratch else FINETUNE_FREEZE
 
 
 @dataclass(frozen=True)
@@ -325,6 +344,39 @@ def _param_groups(model: Any, wd: float) -> list[dict[str, Any]]:
             {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": wd}]
 
 
+def _is_image_param(name: str) -> bool:
+    return name.startswith("visual.")
+
+
+def _is_text_param(name: str) -> bool:
+    # Everything that is neither the image tower nor the temperature/bias: open_clip's CLIP
+    # keeps the text tower at the top level (token_embedding, transformer, ln_final, ...),
+    # CustomTextCLIP under `text.`.
+    return not _is_image_param(name) and name not in ("logit_scale", "logit_bias")
+
+
+def freeze_part(model: Any, part: str) -> tuple[int, int]:
+    """Fix the weights of one tower ("image" or "text"; "none" fixes nothing).
+
+    Sets `requires_grad` False on that tower's parameters, so the optimiser never sees them.
+    Returns (frozen, trainable) parameter counts (numbers of weights, not tensors).
+    """
+    if part not in FREEZE_PARTS:
+        raise TrainingError(f"unknown part to freeze {part!r}; expected one of {FREEZE_PARTS}")
+    chosen = {"none": lambda name: False, "image": _is_image_param, "text": _is_text_param}[part]
+    frozen = trainable = 0
+    for name, p in model.named_parameters():
+        if chosen(name):
+            p.requires_grad_(False)
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    if part != "none" and frozen == 0:
+        raise TrainingError(f"--freeze {part}: the model has no {part}-tower parameters to freeze")
+    return frozen, trainable
+
+
 def _cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -420,7 +472,7 @@ def _train_step(model: Any, loss_fn: Any, images: torch.Tensor, tokens: torch.Te
     scaler.scale(loss).backward()
     if grad_clip is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
@@ -459,15 +511,18 @@ def _encode_all(model: Any, val: _ValSet, tokenizer: Any, precision: str, device
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> None:
     now = asdict(config)
-    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in _RUN_DEFINING if saved.get(k) != now[k]]
+    before = {k: saved.get(k, _LEGACY_DEFAULTS.get(k)) for k in _RUN_DEFINING}
+    changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in _RUN_DEFINING if before[k] != now[k]]
     if changed:
         raise TrainingError(f"cannot resume the run in {out} with different settings ({'; '.join(changed)}); "
                             "use the original settings or a new --out folder")
 
 
 def _normalised_config(config: TrainConfig) -> TrainConfig:
-    # Absolute paths, so a resumed run compares equal whatever the working directory.
-    updates: dict[str, Any] = {"csv": os.path.abspath(config.csv), "out": os.path.abspath(config.out)}
+    # Absolute paths, so a resumed run compares equal whatever the working directory; the
+    # from-scratch / fine-tuning defaults resolved, so the checkpoint records what ran.
+    updates: dict[str, Any] = {"csv": os.path.abspath(config.csv), "out": os.path.abspath(config.out),
+                               "epochs": config.num_epochs, "freeze": config.frozen_part}
     if config.val:
         updates["val"] = os.path.abspath(config.val)
     if config.model.endswith(".json"):
@@ -515,6 +570,9 @@ def train(config: TrainConfig) -> TrainResult:
     if config.model.endswith(".json"):
         # Next to the weights, so `load_encoder("OUT/<name>.json", "OUT/final.safetensors")` works anywhere.
         shutil.copyfile(config.model, out / f"{name}.json")
+    frozen, trainable = freeze_part(model, config.frozen_part)
+    if frozen:
+        log.info("froze the %s tower: %d weights fixed, %d trained", config.frozen_part, frozen, trainable)
     model.train()
     workers = _pick_workers(config.workers)
     size = _image_size(model)
@@ -552,7 +610,8 @@ def train(config: TrainConfig) -> TrainResult:
     if batch_size < config.batch_size:
         log.warning("only %d training pairs: batch size lowered from %d", len(rows), config.batch_size)
     steps_per_epoch = max(1, len(rows) // batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    epochs = config.num_epochs
+    total_steps = steps_per_epoch * epochs
     warmup_steps = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
     warmup_steps = min(warmup_steps, max(0, total_steps - 1))
     lr = config.learning_rate
@@ -585,6 +644,7 @@ def train(config: TrainConfig) -> TrainResult:
         **asdict(config), "model_name": name, "device": device, "precision_used": precision,
         "learning_rate": lr, "train_pairs": len(rows), "train_images": len(paths), "batch_size_used": batch_size,
         "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": warmup_steps,
+        "frozen_weights": frozen, "trained_weights": trainable,
         "image_size": list(size), "image_cache": use_cache, "workers_used": workers,
         "torch": torch.__version__, "open_clip": open_clip.__version__,
     })
@@ -592,7 +652,7 @@ def train(config: TrainConfig) -> TrainResult:
     last_loss, last_eval = float("nan"), None
     trained_images, train_seconds = 0, 0.0
     with tqdm(total=total_steps, initial=step, desc="training", unit="step", disable=not progress) as bar:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start_epoch, epochs):
             epoch_start = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
             batches = _epoch_batches(len(rows), batch_size, config.seed, epoch)
@@ -614,7 +674,7 @@ def train(config: TrainConfig) -> TrainResult:
                 "lr": scheduler.get_last_lr()[-1], "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
                 "seconds": round(seconds, 2), "images_per_s": round(len(batches) * batch_size / seconds, 1),
             }
-            if val is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            if val is not None and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == epochs):
                 result = _encode_all(model, val, tokenizer, precision, device)
                 last_eval = result.metrics()
                 record.update({k: round(v, 4) for k, v in last_eval.items()})
@@ -624,7 +684,7 @@ def train(config: TrainConfig) -> TrainResult:
             _save_checkpoint(ckpt_path, epoch=epoch + 1, step=step, model=model.state_dict(),
                              optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                              scaler=scaler.state_dict(), rng=_rng_state(), config=asdict(config), model_name=name)
-    if start_epoch == config.epochs and metrics_path.is_file():  # resumed a finished run
+    if start_epoch == epochs and metrics_path.is_file():  # resumed a finished run
         lines = metrics_path.read_text(encoding="utf-8").splitlines()
         if lines:
             last = json.loads(lines[-1])
@@ -634,7 +694,7 @@ def train(config: TrainConfig) -> TrainResult:
     log.info("wrote %s", final_path)
     return TrainResult(
         out_dir=str(out), weights=str(final_path), metrics=str(metrics_path), config=str(config_path),
-        checkpoint=str(ckpt_path), model=name, epochs=config.epochs, steps=step, final_loss=last_loss,
+        checkpoint=str(ckpt_path), model=name, epochs=epochs, steps=step, final_loss=last_loss,
         eval=last_eval, seconds=round(time.perf_counter() - started, 2),
         images_per_second=round(trained_images / train_seconds, 1) if train_seconds else 0.0,
         resumed_from_epoch=start_epoch)

@@ -23,7 +23,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, wd=args.wd, warmup=args.warmup, grad_clip=args.grad_clip,
         seed=args.seed, val=args.val, eval_every=args.eval_every, device=args.device, workers=args.workers,
         resume=args.resume, precision=args.precision, cache_max_gb=args.cache_max_gb, augment=args.augment,
-        progress=not args.quiet)
+        freeze=args.freeze, progress=not args.quiet)
     result = train(config)
     if args.json:
         print(json.dumps(asdict(result), indent=1))
@@ -91,6 +91,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from clipsearch.evaluate import DEFAULT_ANALOGY_TEMPLATE, DEFAULT_MAX_ANALOGY_QUERIES, RELEVANCE_MODES
+    from clipsearch.train_defaults import (
+        FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_EPOCHS, SCRATCH_LR,
+    )
 
     p = sub.add_parser(
         "train", help="train a CLIP model from scratch or fine-tune one on image–caption pairs",
@@ -102,10 +105,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", default="none",
                    help="'none' (from scratch, default), a pretrained tag, a checkpoint file, or 'bundled'")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (weights, metrics, checkpoint)")
-    p.add_argument("--epochs", type=_positive_int, default=30, help="passes over the data (default 30)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"passes over the data (default {SCRATCH_EPOCHS} from scratch, {FINETUNE_EPOCHS} when "
+                        "fine-tuning)")
     p.add_argument("--batch-size", type=_positive_int, default=512, help="pairs per step (default 512)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 1e-3 from scratch, 1e-5 when fine-tuning)")
+                   help=f"peak learning rate (default {SCRATCH_LR:g} from scratch, {FINETUNE_LR:g} when fine-tuning)")
     p.add_argument("--wd", type=float, default=0.1, help="AdamW weight decay, not on gains/biases (default 0.1)")
     p.add_argument("--warmup", type=float, default=0.05,
                    help="linear warmup: a fraction of all steps if < 1, else a number of steps (default 0.05)")
@@ -122,6 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode images once into a tensor on the device if it fits in this many GB (default 8)")
     p.add_argument("--augment", action="store_true",
                    help="open_clip's random resized crops (streams from disk; off: keeps left/right intact)")
+    p.add_argument("--freeze", choices=FREEZE_PARTS, default=None,
+                   help="keep one tower's weights fixed: image, text, or none (default none from scratch, "
+                        f"{FINETUNE_FREEZE} when fine-tuning)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_cmd_train)
 
