@@ -267,6 +267,24 @@ class Catalog:
                                   f"(SELECT id FROM images WHERE time IS NOT NULL AND ({where}))", list(params))
         return np.concatenate([ids, np.fromiter((r[0] for r in frames), dtype=np.int64)])
 
+    def column_values(self, column: str) -> tuple[np.ndarray, list[Any]]:
+        """(ids, values) of every image row whose `column` is not NULL, in no set order: for in-memory filters.
+
+        `column` is a fact column or one of path, time, video_id (CatalogError otherwise).
+        An indexed column is read from its index alone.
+        """
+        if column not in self._fact_columns and column not in ("path", "time", "video_id"):
+            raise CatalogError(f"the catalog {self.path} has no column {column!r} to filter on")
+        rows = self._db.execute(f'SELECT id, "{column}" FROM images WHERE "{column}" IS NOT NULL').fetchall()
+        if not rows:
+            return np.zeros(0, np.int64), []
+        ids, values = zip(*rows)
+        return np.asarray(ids, np.int64), list(values)
+
+    def max_id(self) -> int:
+        """The largest image id in use (0 for an empty catalog)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0])
+
     def ordered_ids(self, where: str, params: Sequence[Any], column: str, *, descending: bool = True,
                     ids: Sequence[int] | None = None, limit: int | None = None) -> list[int]:
         """Ids of indexed images matching `where` (and among `ids` when given) ordered by fact `column`, missing values last."""
@@ -311,6 +329,7 @@ class Catalog:
         """
         done = 0
         with self.transaction(bump=False):
+            self._bump_images_version()  # not the index's business, but filters read facts
             for image_id, facts in updates:
                 cols = self._known_facts(facts)
                 if not cols:
@@ -463,6 +482,7 @@ class Catalog:
         now = time.time()
         ids = []
         with self.transaction():
+            self._bump_images_version()
             for im in images:
                 self._db.execute("DELETE FROM images WHERE path=?", (im.path,))
                 facts = self._known_facts(im.facts)
@@ -531,6 +551,7 @@ class Catalog:
         """
         now = time.time()
         with self.transaction():
+            self._bump_images_version()
             for path, size, mtime_ns, reason in failures:
                 self._db.execute("DELETE FROM images WHERE path=?", (path,))
                 self._db.execute(
@@ -548,6 +569,7 @@ class Catalog:
     def remove_images(self, ids: Iterable[int]) -> int:
         ids = [int(i) for i in ids]
         with self.transaction():
+            self._bump_images_version()
             for start in range(0, len(ids), 900):
                 chunk = ids[start:start + 900]
                 self._db.execute(f"DELETE FROM images WHERE id IN ({','.join('?' * len(chunk))})", chunk)
@@ -564,6 +586,7 @@ class Catalog:
                 return False
             if old != new:
                 self._db.execute("DELETE FROM images WHERE path=?", (new,))
+                self._bump_images_version()
                 self._db.execute("UPDATE images SET path=? WHERE path=?", (new, old))
                 # A video's frame rows follow it ("OLD#t=..." becomes "NEW#t=...").
                 self._db.execute("UPDATE images SET path = ? || substr(path, ?) WHERE video_id = "
@@ -587,6 +610,7 @@ class Catalog:
         every other column stay: a moved photo keeps its metadata and labels; a moved video's
         frame rows follow it."""
         with self.transaction():
+            self._bump_images_version()
             for image_id, path, size, mtime_ns, facts in moves:
                 old = self._db.execute("SELECT path FROM images WHERE id = ?", (int(image_id),)).fetchone()
                 self._db.execute("DELETE FROM images WHERE path=? AND id != ?", (path, int(image_id)))
@@ -605,6 +629,7 @@ class Catalog:
         ids = []
         with self.transaction():
             columns = [r[1] for r in self._db.execute("PRAGMA table_info(images)") if r[1] not in fixed]
+            self._bump_images_version()
             for source, path, size, mtime_ns, facts in copies:
                 self._db.execute("DELETE FROM images WHERE path=?", (path,))
                 kept = "".join(f', "{c}"' for c in columns if c not in facts)
@@ -688,6 +713,20 @@ class Catalog:
             if added:
                 self._bump_texts_version()
         return added
+
+    def _bump_images_version(self) -> None:
+        self._bump_counter("images_version")
+
+    @property
+    def images_version(self) -> tuple[int, int]:
+        """Changes with every write to any image row (by any process): what caches of image columns key on.
+
+        The generation alone does not: fact and path updates leave it be, since the index
+        does not change with them.
+        """
+        rows = dict(self._db.execute(
+            "SELECT key, value FROM meta WHERE key IN ('generation', 'images_version')").fetchall())
+        return int(rows.get("generation", 0) or 0), int(rows.get("images_version", 0) or 0)
 
     def _bump_texts_version(self) -> None:
         self._bump_counter("texts_version")

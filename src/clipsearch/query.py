@@ -49,7 +49,7 @@ from clipsearch.errors import QueryError
 
 __all__ = [
     "AUTO", "DateBound", "FILE_TYPES", "Filters", "KEYS", "Near", "Query", "SORTS", "parse", "parse_date",
-    "register_key", "filters_where", "distance_km",
+    "register_key", "filters_where", "distance_km", "LENS_MM", "NearBox", "near_box",
 ]
 
 AUTO: Literal["auto"] = "auto"
@@ -438,8 +438,40 @@ def _looks_like_filter(key: str, value: str) -> bool:
 
 
 # -- filters as SQL ------------------------------------------------------------------------------
-_LENS_MM = re.compile(r"^(\d+(?:\.\d+)?)\s*mm$", re.IGNORECASE)
+# lens:35mm also means a focal length of 35 mm (within half a millimetre).
+LENS_MM = re.compile(r"^(\d+(?:\.\d+)?)\s*mm$", re.IGNORECASE)
 _KM_PER_DEGREE = 111.19492664455873
+
+
+@dataclass(frozen=True)
+class NearBox:
+    """The latitude and longitude bounds around a `Near` circle (what the SQL indexes can serve).
+
+    `lon_lo`/`lon_hi` None: any longitude (the circle reaches a pole). `wraps`: the box
+    crosses the antimeridian, so a longitude matches when >= lon_lo OR <= lon_hi.
+    """
+
+    lat_lo: float
+    lat_hi: float
+    lon_lo: float | None
+    lon_hi: float | None
+    wraps: bool = False
+
+
+def near_box(near: Near) -> NearBox:
+    """The bounding box `filters_where` narrows a `near:` filter with before measuring distances."""
+    dlat = near.radius_km / _KM_PER_DEGREE
+    cos = math.cos(math.radians(min(89.9, abs(near.lat) + dlat)))
+    dlon = near.radius_km / (_KM_PER_DEGREE * cos) if cos > 1e-6 else 360.0
+    lat_lo, lat_hi = near.lat - dlat, near.lat + dlat
+    if dlon >= 180:
+        return NearBox(lat_lo, lat_hi, None, None)
+    lo, hi = near.lon - dlon, near.lon + dlon
+    if lo < -180:
+        return NearBox(lat_lo, lat_hi, lo + 360, hi, wraps=True)
+    if hi > 180:
+        return NearBox(lat_lo, lat_hi, lo, hi - 360, wraps=True)
+    return NearBox(lat_lo, lat_hi, lo, hi)
 
 
 def _prefix(column: str, value: str) -> tuple[str, list[Any]]:
@@ -496,7 +528,7 @@ def filters_where(filters: Filters) -> tuple[str, list[Any]]:
             key = fold(name) or ""
             compact = key.replace(" ", "")
             parts.append(("(instr(replace(lens_key, ' ', ''), ?) > 0)", [compact]))
-            m = _LENS_MM.match(name.strip())
+            m = LENS_MM.match(name.strip())
             if m:
                 mm = float(m.group(1))
                 parts.append(("(focal_length BETWEEN ? AND ?)", [mm - 0.5, mm + 0.5]))
@@ -514,22 +546,15 @@ def filters_where(filters: Filters) -> tuple[str, list[Any]]:
         any_of(parts)
     if filters.near is not None:
         n = filters.near
-        dlat = n.radius_km / _KM_PER_DEGREE
+        box = near_box(n)
         clauses.append("gps_lat BETWEEN ? AND ?")
-        params += [n.lat - dlat, n.lat + dlat]
-        cos = math.cos(math.radians(min(89.9, abs(n.lat) + dlat)))
-        dlon = n.radius_km / (_KM_PER_DEGREE * cos) if cos > 1e-6 else 360.0
-        if dlon < 180:
-            lo, hi = n.lon - dlon, n.lon + dlon
-            if lo < -180:
+        params += [box.lat_lo, box.lat_hi]
+        if box.lon_lo is not None:
+            if box.wraps:
                 clauses.append("(gps_lon >= ? OR gps_lon <= ?)")
-                params += [lo + 360, hi]
-            elif hi > 180:
-                clauses.append("(gps_lon >= ? OR gps_lon <= ?)")
-                params += [lo, hi - 360]
             else:
                 clauses.append("gps_lon BETWEEN ? AND ?")
-                params += [lo, hi]
+            params += [box.lon_lo, box.lon_hi]
         clauses.append("distance_km(gps_lat, gps_lon, ?, ?) <= ?")
         params += [n.lat, n.lon, n.radius_km]
     return (" AND ".join(clauses) if clauses else "1"), params

@@ -21,7 +21,8 @@ from clipsearch.concepts import Concept, concept_from_row, resolve_text
 from clipsearch.errors import QueryError
 from clipsearch.query import AUTO, Filters, Query, filters_where, parse
 from clipsearch.images import is_supported, load_image
-from clipsearch.index import VectorIndex
+from clipsearch.filter_columns import FilterColumns
+from clipsearch.index import IdSet, VectorIndex
 from clipsearch.moments import group_moments
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class Searcher:
         self._concepts: dict[str, Concept] = {}
         self._concepts_version = -1
         self.calibration: "Calibration | None" = None  # min:auto's cutoff for this library (clipsearch.cutoff)
+        self.filter_columns = FilterColumns(catalog)  # filters resolved in memory, reloaded when the catalog changes
 
     @property
     def encoder(self) -> "Encoder":
@@ -229,8 +231,13 @@ class Searcher:
         return combine(np.stack(vectors), [t.weight for t in terms])
 
     # -- queries (clipsearch.query) ------------------------------------------------------
-    def allowed_ids(self, filters: Filters) -> np.ndarray | None:
-        """The ids of the indexed photos `filters` lets through, from SQLite; None when nothing is filtered."""
+    def id_set(self, filters: Filters) -> IdSet | None:
+        """The indexed photos `filters` lets through; None when nothing is filtered.
+
+        Resolved over in-memory columns (`clipsearch.filter_columns`), with the same
+        answer as the SQL of `filters_where` (`Catalog.ids_where`), in a fraction of its
+        time for a broad filter.
+        """
         if not filters:
             return None
         from clipsearch.metadata import METADATA_COLUMNS
@@ -240,8 +247,12 @@ class Searcher:
         if needs_metadata and not all(name in self.catalog.fact_columns for name, _ in METADATA_COLUMNS):
             raise QueryError("this library has no photo metadata yet: run `clipsearch index` on its folders once "
                              "(it reads the metadata of the photos already indexed, without re-encoding them)")
-        where, params = filters_where(filters)
-        return self.catalog.ids_where(where, params)
+        return self.filter_columns.id_set(filters)
+
+    def allowed_ids(self, filters: Filters) -> np.ndarray | None:
+        """The ids of the photos `filters` lets through, sorted (see `id_set`); None when nothing is filtered."""
+        found = self.id_set(filters)
+        return None if found is None else found.ids
 
     def run(self, query: "Query | str", k: int = 20, *, vector: np.ndarray | None = None,
             exclude_ids: Sequence[int] = ()) -> list[Hit]:
@@ -256,7 +267,7 @@ class Searcher:
                              "or filters like 'place:Lisbon after:2019'")
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        allowed = self.allowed_ids(query.filters)
+        allowed = self.id_set(query.filters)
         if allowed is not None and not len(allowed):
             return []
         words = vector is not None or query.has_words
@@ -290,7 +301,7 @@ class Searcher:
 
         return auto_cutoff(self, vector)
 
-    def _above(self, vector: np.ndarray, cutoff: float | None, allowed: np.ndarray | None,
+    def _above(self, vector: np.ndarray, cutoff: float | None, allowed: IdSet | None,
                exclude_ids: Sequence[int]) -> list[tuple[float, int]]:
         """(score, id) of every photo scoring at least `cutoff` (at most DATE_ORDER_MAX of the best)."""
         excluded = set(int(i) for i in exclude_ids)
@@ -308,33 +319,36 @@ class Searcher:
                 return [(s, i) for s, i in kept if i in rows][:DATE_ORDER_MAX]
             fetch = min(fetch * 4, DATE_ORDER_MAX)
 
-    def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None
+    def nearest(self, vector: np.ndarray, k: int, allowed: IdSet | np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) rows for one vector, among `allowed` ids when given (-1 ids pad a short result).
 
         A narrow set (at most `EXACT_FILTER_MAX` ids) is searched exactly over its stored
-        vectors; a larger one through the index with a FAISS id selector (which for IVF
-        kinds probes proportionally more lists, see `VectorIndex.search`); one holding
-        `BROAD_FILTER` of the library or more by a deeper search without selector,
+        vectors; a larger one through the index with a FAISS id selector (a bitmap, which
+        for IVF kinds probes proportionally more lists, see `VectorIndex.search`); one
+        holding `BROAD_FILTER` of the library or more by a deeper search without selector,
         filtered after. The crossovers were measured: docs/performance.md, "Filtered search".
         """
         if allowed is None:
             return self.index.search(vector[None, :], k)
-        if len(allowed) > EXACT_FILTER_MAX:
-            fraction = len(allowed) / max(self.index.ntotal, 1)
+        if not isinstance(allowed, IdSet):
+            allowed = IdSet.from_ids(np.asarray(allowed, np.int64))
+        count = len(allowed)
+        if count > EXACT_FILTER_MAX:
+            fraction = count / max(self.index.ntotal, 1)
             if fraction >= BROAD_FILTER:
                 # Most photos pass: search without a selector for a deeper list and keep the allowed
-                # ones (cheaper than checking each candidate against a set of half the library).
+                # ones (cheaper than checking each of the index's candidates against the set).
                 fetch = min(self.index.ntotal, int(np.ceil(4 * k / fraction)) + 8)
                 scores, ids = self.index.search(vector[None, :], fetch, effort=BROAD_EFFORT)
-                keep = np.isin(ids[0], allowed) & (ids[0] >= 0)
+                keep = allowed.contains(ids[0])
                 if keep.sum() >= k or fetch >= self.index.ntotal:
                     got_s, got_i = scores[0][keep][:k], ids[0][keep][:k]
                     pad = k - len(got_i)
                     return (np.pad(got_s, (0, pad), constant_values=-np.inf)[None, :].astype(np.float32),
                             np.pad(got_i, (0, pad), constant_values=-1)[None, :].astype(np.int64))
             return self.index.search(vector[None, :], k, allowed_ids=allowed)
-        ids, vecs = self.catalog.vectors_of(np.asarray(allowed).tolist(), self.index.dim)
+        ids, vecs = self.catalog.vectors_of(allowed.ids.tolist(), self.index.dim)
         from clipsearch.index import exact_search
 
         if not len(ids):
@@ -366,14 +380,16 @@ class Searcher:
     # -- image search -----------------------------------------------------------------
     def search_vector(self, vector: np.ndarray, k: int = 20, *, min_score: float | None = None,
                       folder: str | None = None, exclude_ids: Sequence[int] = (),
-                      allowed_ids: np.ndarray | None = None) -> list[Hit]:
+                      allowed_ids: IdSet | np.ndarray | None = None) -> list[Hit]:
         """Nearest indexed images to a unit vector, best first; only among `allowed_ids` when given."""
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         allowed = allowed_ids
+        if allowed is not None and not isinstance(allowed, IdSet):
+            allowed = IdSet.from_ids(np.asarray(allowed, np.int64))
         if folder:
-            under = self.catalog.ids_under(os.path.abspath(os.path.expanduser(folder)))
-            allowed = under if allowed is None else np.intersect1d(allowed, under)
+            under = IdSet.from_ids(self.catalog.ids_under(os.path.abspath(os.path.expanduser(folder))))
+            allowed = under if allowed is None else allowed & under
         if allowed is not None and not len(allowed):
             return []
         excluded = set(int(i) for i in exclude_ids)

@@ -10,6 +10,7 @@ Ids in the index are catalog ids, scores are inner products of L2-normalised vec
 | `store` | the index file and its JSON sidecar (`IndexMeta`): atomic save, defensive load |
 | `tuning` | `build_index`: train, add, tune nprobe / efSearch to a target recall, measure recall@10 |
 | `exact` | brute-force top-k, the oracle every fast path is checked against |
+| `idset` | `IdSet`: the ids a filtered search may return, a mask over id space (FAISS bitmap selector) |
 | `lifecycle` | `LibraryIndex`: one library's index kept in step with its catalog (load or rebuild, reconcile, fit, install) |
 
 Everything public is importable from `clipsearch.index` itself.
@@ -22,6 +23,7 @@ from clipsearch.index.choose import (
     IndexConfigError, IndexSpec, choose_index, needs_rebuild, nlist_for, predict_bytes, spec_fields,
 )
 from clipsearch.index.exact import ExactTopK, exact_search
+from clipsearch.index.idset import IdSet
 from clipsearch.index.lifecycle import LibraryIndex, build_from_catalog, exact_vectors_from
 from clipsearch.index.store import IndexMeta, saved_generation
 from clipsearch.index.tuning import build_index, recall_at_k, recall_queries, tune
@@ -32,7 +34,7 @@ from clipsearch.sizes import format_size, parse_size
 
 __all__ = [
     "AUTO", "FLAT_MAX_VECTORS", "HNSW_M", "HNSW_MAX_DELETED", "INDEX_KINDS", "RECALL_K", "RECALL_QUERIES",
-    "RERANK_DEPTH", "TARGET_RECALL", "TRAIN_MAX", "ExactTopK", "IndexConfigError", "IndexMeta", "IndexSpec",
+    "RERANK_DEPTH", "TARGET_RECALL", "TRAIN_MAX", "ExactTopK", "IdSet", "IndexConfigError", "IndexMeta", "IndexSpec",
     "LibraryIndex", "VectorIndex", "atomic_write_bytes", "build_from_catalog", "build_index", "choose_index", "exact_search", "exact_vectors_from", "format_size",
     "needs_rebuild", "new_faiss_index", "nlist_for", "parse_size", "predict_bytes", "recall_at_k",
     "recall_queries", "remove_stale_temp_files", "saved_generation", "spec_fields", "train_index", "tune",
