@@ -361,6 +361,10 @@ def test_stable_top_keeps_an_order_that_is_not_by_score():
     assert [h.id for h in stable_top(lambda k: by_date[:k], 2)] == [5, 2]
     unscored = [H(None, 3), H(None, 1)]
     assert [h.id for h in stable_top(lambda k: unscored[:k], 5)] == [3, 1]
+    # Newest first among photos that score alike: nothing tells it from a score order but the caller.
+    tied = [H(0.9, 8), H(0.9, 4), H(0.5, 6)]
+    assert [h.id for h in stable_top(lambda k: tied[:k], 3)] == [4, 8, 6]  # guessed: a score order
+    assert [h.id for h in stable_top(lambda k: tied[:k], 3, by_score=False)] == [8, 4, 6]
 
 
 def test_serve_refuses_a_token_file_others_can_read_before_starting(library, tmp_path, capsys):

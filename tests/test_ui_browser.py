@@ -319,3 +319,131 @@ def test_describe_labels_library_and_nothing_but_the_local_server(browser, serve
         raise
     finally:
         context.close()
+
+
+# -- the filter widgets: when, where, with what, newest first ------------------------------------
+# name: (colour, city, camera model, local time, extension). The FakeEncoder ranks by colour: the
+# red photos tie for "red", so only the filters and the date order tell them apart.
+META_PHOTOS = {
+    "red_lisbon_2019_07": ("red", "Lisbon", "Pixel 7", (2019, 7, 4, 18, 30), ".jpg"),
+    "red_lisbon_2019_10": ("red", "Lisbon", "Pixel 7", (2019, 10, 10, 9, 0), ".jpg"),
+    "red_lisbon_2020_png": ("red", "Lisbon", "Pixel 7", (2020, 1, 2, 12, 0), ".png"),
+    "red_lisbon_2020_xt3": ("red", "Lisbon", "X-T3", (2020, 6, 1, 12, 0), ".jpg"),
+    "red_lisbon_2021": ("red", "Lisbon", "Pixel 7", (2021, 3, 1, 12, 0), ".jpg"),
+    "red_lisbon_2018": ("red", "Lisbon", "Pixel 7", (2018, 3, 1, 12, 0), ".jpg"),
+    "red_paris_2019": ("red", "Paris", "Pixel 7", (2019, 8, 1, 9, 0), ".jpg"),
+    "red_tokyo_2020": ("red", "Tokyo", "iPhone 12", (2020, 5, 5, 21, 0), ".webp"),
+    "orange_lisbon_2019_12": ("orange", "Lisbon", "Pixel 7", (2019, 12, 12, 16, 0), ".jpg"),
+    "blue_lisbon_2020": ("blue", "Lisbon", "Pixel 7", (2020, 2, 2, 10, 0), ".jpg"),
+}
+
+
+@pytest.fixture(scope="module")
+def meta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import datetime as dt
+
+    from fakes import COLOURS
+
+    from clipsearch import Library
+    from clipsearch.toyworld import CAMERAS, CITIES, ToyPhotoMeta, exif_bytes
+    from clipsearch_ui import serve
+
+    root = tmp_path_factory.mktemp("browser-meta")
+    cities, cameras = {c.name: c for c in CITIES}, {c.model: c for c in CAMERAS}
+    (root / "photos").mkdir()
+    for name, (colour, city, model, when, ext) in META_PHOTOS.items():
+        c = cities[city]
+        taken = dt.datetime(*when, tzinfo=dt.timezone(dt.timedelta(minutes=c.utc_offset)))
+        meta = ToyPhotoMeta(taken, c, cameras[model], True, c.lat + 0.001, c.lon + 0.001, 100, 0.01)
+        Image.new("RGB", (48, 32), COLOURS[colour]).save(root / "photos" / f"{name}{ext}", exif=exif_bytes(meta))
+    library = Library.open(root / "lib", encoder=FakeEncoder())
+    library.index(root / "photos")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved_env = os.environ.get("GRADIO_TEMP_DIR")
+    demo = serve(library, port=port, block=False, on_ready=lambda url: None)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        library.close()
+        from clipsearch_ui import server as server_mod
+
+        server_mod._our_temp_dir = None
+        if saved_env is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved_env
+
+
+def shown_names(page: Any) -> list[str]:
+    """The file names of the results, in the order shown, without their extension."""
+    return [Path(n).stem for n in page.locator("#results .cs-tile .cs-name").all_inner_texts()]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_date_place_camera_type_filters_and_newest_first(browser, meta_server, request, width):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(meta_server)
+        search(page, "red")
+        assert set(shown_names(page)[:8]) == {n for n in META_PHOTOS if n.startswith("red")}
+        status = page.locator("#status")
+
+        def set_text(elem_id: str, value: str, expect_in_status: str) -> None:
+            box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+            box.fill(value)
+            box.press("Enter")
+            expect(status).to_contain_text(expect_in_status)
+
+        page.get_by_text("When, where, with what").click()
+        set_text("place", "Lisbon", "in Lisbon")
+        expect(tiles(page)).to_have_count(8)
+        names = shown_names(page)
+        assert set(names[:6]) == {n for n in META_PHOTOS if n.startswith("red_lisbon")}, names
+        assert names[6:] == ["orange_lisbon_2019_12", "blue_lisbon_2020"], names  # by score: red first
+        set_text("after", "2019-06", "after 2019-06")
+        set_text("before", "2021", "before 2021")
+        expect(tiles(page)).to_have_count(6)
+        assert "red_lisbon_2018" not in shown_names(page) and "red_lisbon_2021" not in shown_names(page)
+        set_text("camera", "Pixel 7", "camera Pixel 7")
+        expect(tiles(page)).to_have_count(5)
+        assert "red_lisbon_2020_xt3" not in shown_names(page)
+        page.locator("#types").get_by_label("jpeg").check()
+        expect(status).to_contain_text("type jpeg")
+        expect(tiles(page)).to_have_count(4)
+        names = shown_names(page)
+        assert set(names[:2]) == {"red_lisbon_2019_07", "red_lisbon_2019_10"}, names  # the reds tie
+        assert names[2:] == ["orange_lisbon_2019_12", "blue_lisbon_2020"], names
+        # Newest first: the photos relevant to "red" (the model's calibrated cutoff), by date.
+        page.locator("#newest").get_by_label("Newest first").check()
+        expect(status).to_contain_text("newest first")
+        expect(tiles(page)).to_have_count(2)
+        assert shown_names(page) == ["red_lisbon_2019_10", "red_lisbon_2019_07"]
+        assert "“red” · after 2019-06, before 2021, in Lisbon, camera Pixel 7, type jpeg; newest first" \
+            in status.inner_text()
+        # The photo panel says when and where.
+        tiles(page).first.click()
+        expect(page.locator("#details")).to_contain_text("2019-10-10")
+        expect(page.locator("#details")).to_contain_text("Lisbon, Portugal")
+        expect(page.locator("#details")).to_contain_text("Google Pixel 7")
+        assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
+        # Filters alone (no words): every Lisbon jpeg of the period from Pixel 7, newest first, without scores.
+        box = page.locator("#query textarea")
+        box.fill("")
+        box.press("Enter")
+        expect(status).to_contain_text("the filters")
+        expect(tiles(page)).to_have_count(4)
+        assert shown_names(page) == ["blue_lisbon_2020", "orange_lisbon_2019_12", "red_lisbon_2019_10",
+                                     "red_lisbon_2019_07"]
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / f"test_filters_{width}.png", full_page=True)
+        raise
+    finally:
+        context.close()

@@ -295,13 +295,13 @@ class PhotoApi:
         return out
 
     def _page(self, run: Callable[[int], list["LibraryHit"]], query: str | None, k: int,
-              offset: int) -> SearchResponse:
+              offset: int, *, by_score: bool | None = None) -> SearchResponse:
         if offset + k > MAX_DEPTH:
             raise ApiError(422, "bad_request", f"offset + k may be at most {MAX_DEPTH}; narrow the query instead")
         with self.lock:
             # One more than the page, to know whether another page follows; ties ordered by id
             # (stable_top), so that pages fetched one after another never repeat or skip a photo.
-            ranked = stable_top(run, offset + k + 1)
+            ranked = stable_top(run, offset + k + 1, by_score=by_score)
             page = ranked[offset:offset + k]
             hits = self._hits(page, self.library.roots())
         return SearchResponse(query=query, offset=offset, k=k, hits=hits,
@@ -313,7 +313,10 @@ class PhotoApi:
         if not q:
             raise ApiError(400, "bad_query", "empty query: pass q=words, e.g. q=beach + sunset - people")
         _refuse_paths(q)
-        return self._page(lambda n: self.library.search(q, k=n, min_score=min_score), q, k, offset)
+        from clipsearch.query import parse
+
+        by_score = parse(q).effective_sort == "score"  # a date order is kept as it is, ties and all
+        return self._page(lambda n: self.library.search(q, k=n, min_score=min_score), q, k, offset, by_score=by_score)
 
     def search_image(self, data: bytes, text: str | None, k: int, offset: int,
                      min_score: float | None) -> SearchResponse:

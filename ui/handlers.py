@@ -206,7 +206,9 @@ class Handlers:
                 image = last["image"] if kind == "upload" else int(last["id"])
                 return lib.search_image(image, k=fetch, text=last.get("text"), min_score=min_score, folder=folder,
                                         query=query)
-        return stable_top(run, n)
+        # An image query has no words but a vector: its order is the query's own sort.
+        by_score = (query.effective_sort if kind == "text" else query.sort) == "score"
+        return stable_top(run, n, by_score=by_score)
 
     def _page(self, last: Last, what: str, k: int, min_score: float | None, folder: str | None,
               shown: Shown | None = None, where: Where | None = None) -> SearchOutput:
