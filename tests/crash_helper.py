@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fakes import FakeEncoder  # noqa: E402
 
 import clipsearch.atomic  # noqa: E402
-import clipsearch.library  # noqa: E402
+import clipsearch.indexer  # noqa: E402
 from clipsearch.catalog import Catalog  # noqa: E402
 from clipsearch.index import VectorIndex  # noqa: E402
 from clipsearch.library import INDEX_FILE, Library  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> int:
     point, n = (args.kill.split(":")[0], int(args.kill.split(":")[1])) if args.kill else (None, None)
     encoder = SlowEncoder(args.delay, n if point == "encode" else None, args.wait_for)
     # Small chunks, an index save after every one: many commits and saves to land a kill in.
-    clipsearch.library.Indexer = functools.partial(clipsearch.library.Indexer, chunk_size=args.chunk,
+    clipsearch.indexer.Indexer = functools.partial(clipsearch.indexer.Indexer, chunk_size=args.chunk,
                                                    save_every_s=0.0)
     with Library.open(args.library, encoder=encoder) as lib:
         if point is not None:

@@ -108,4 +108,27 @@ def test_the_first_query_of_a_model_exports_once_and_says_so(built: tuple[Path, 
     second = again.encode_texts(["a red circle"])
     assert not again.loaded and not caplog.text  # found the export: no torch model, nothing said
     np.testing.assert_allclose(first, second, atol=1e-6)
-    assert sorted(p.suffix for p in cache.iterdir()) == [".json", ".npy", ".onnx"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".data", ".json", ".marshal", ".npy", ".onnx"]
+    # The graph keeps its weights in the .data file, which onnxruntime maps instead of parsing.
+    graph = next(cache.glob("*.onnx"))
+    weights = graph.with_name(graph.name + ".data")
+    assert graph.stat().st_size < weights.stat().st_size / 10
+
+
+def test_the_second_call_moves_to_the_prepacked_session_with_the_same_vectors(built: tuple[Path, Path],
+                                                                                tmp_path: Path) -> None:
+    from clipsearch import text_onnx
+
+    cache = tmp_path / "onnx"
+    LazyEncoder("toyworld", "bundled", 256, cache_dir=cache).encode_texts(["x"])  # exports
+    record = text_onnx.find_export("toyworld", "bundled", cache)
+    enc = text_onnx.OnnxTextEncoder(record, cache)
+    texts = ["a red circle", "two blue squares at night"]
+    quick = enc.encode_texts(texts)
+    assert not enc.prepacked
+    packed = enc.encode_texts(texts)
+    assert enc.prepacked
+    np.testing.assert_allclose(quick, packed, atol=1e-5)
+    big = text_onnx.OnnxTextEncoder(record, cache)
+    big.encode_texts(texts * 5)  # a batch larger than QUICK_TEXTS goes to the prepacked session at once
+    assert big.prepacked

@@ -133,10 +133,10 @@ class InterruptingEncoder(FakeEncoder):
 
 def test_an_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path: Path, colour_photos: dict[str, str],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import clipsearch.library
+    import clipsearch.indexer
 
-    monkeypatch.setattr(clipsearch.library, "Indexer",
-                        functools.partial(clipsearch.library.Indexer, chunk_size=2))
+    monkeypatch.setattr(clipsearch.indexer, "Indexer",
+                        functools.partial(clipsearch.indexer.Indexer, chunk_size=2))
     first = InterruptingEncoder(fail_on=3)
     lib = Library.open(tmp_path / "lib", encoder=first)
     with pytest.raises(KeyboardInterrupt):
@@ -230,11 +230,11 @@ def test_colour_names_cover_the_fixture(colour_photos: dict[str, str]) -> None:
 
 def test_an_interrupt_between_catalog_and_index_is_repaired_at_open(tmp_path: Path, colour_photos: dict[str, str],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import clipsearch.library
+    import clipsearch.indexer
     from clipsearch.index import VectorIndex
 
-    monkeypatch.setattr(clipsearch.library, "Indexer",
-                        functools.partial(clipsearch.library.Indexer, chunk_size=3))
+    monkeypatch.setattr(clipsearch.indexer, "Indexer",
+                        functools.partial(clipsearch.indexer.Indexer, chunk_size=3))
     real_add = VectorIndex.add
     calls = []
 

@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
     run_state_machine_as_test
 from PIL import Image
 
-import clipsearch.library
+import clipsearch.indexer
 from clipsearch import Library, PhotoRootError
 from clipsearch.errors import ModelError
 
@@ -205,7 +205,7 @@ class LibraryMachine(RuleBasedStateMachine):
 @pytest.mark.slow
 def test_library_state_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks of two files: an interrupted run leaves some chunks committed and some not.
-    monkeypatch.setattr(clipsearch.library, "Indexer", functools.partial(clipsearch.library.Indexer, chunk_size=2))
+    monkeypatch.setattr(clipsearch.indexer, "Indexer", functools.partial(clipsearch.indexer.Indexer, chunk_size=2))
     run_state_machine_as_test(LibraryMachine, settings=settings(
         max_examples=25, stateful_step_count=20, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))

@@ -75,3 +75,20 @@ def test_importing_and_tokenising_never_imports_torch() -> None:
             "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_cached_vocabulary_gives_the_same_ids_and_a_broken_cache_is_rebuilt(tmp_path) -> None:
+    from clipsearch import tokenizer as tk
+
+    texts = _strings(300, seed=3)
+    plain = ClipTokenizer()(texts)
+    tk._load_vocab.cache_clear()
+    first = ClipTokenizer(cache_dir=tmp_path)(texts)  # parses and writes the cache
+    (cached,) = tmp_path.glob("bpe-vocab-*.marshal")
+    tk._load_vocab.cache_clear()
+    second = ClipTokenizer(cache_dir=tmp_path)(texts)  # reads it
+    cached.write_bytes(b"\x00 not marshal")
+    tk._load_vocab.cache_clear()
+    third = ClipTokenizer(cache_dir=tmp_path)(texts)  # ignores the broken file and writes it again
+    assert np.array_equal(plain, first) and np.array_equal(plain, second) and np.array_equal(plain, third)
+    assert cached.stat().st_size > 1_000_000

@@ -34,7 +34,6 @@ from clipsearch.facts import default_readers
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
 from clipsearch.errors import QueryError
-from clipsearch.indexer import Indexer, IndexReport
 from clipsearch.query import Query, parse
 from clipsearch.scan import FileRecord
 from clipsearch.search import Hit, Searcher, TextHit
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
 
     from clipsearch.encoder import Encoder
     from clipsearch.facts import FactReader
+    from clipsearch.indexer import IndexReport
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ class Library:
     def index(self, root: str | os.PathLike, *, progress: bool = False, allow_empty: bool = False,
               exclude: Iterable[str | os.PathLike] = (), batch_size: int = 64, index_kind: str | None = None,
               max_memory: int | str | None = None, wait: float = 0.0, retry_failed: bool = False,
-              defer: Callable[[FileRecord], bool] | None = None, stop: threading.Event | None = None) -> IndexReport:
+              defer: Callable[[FileRecord], bool] | None = None, stop: threading.Event | None = None) -> "IndexReport":
         """Index the photos under `root` incrementally: only new and changed files are encoded.
 
         Files stored as failed are tried again when they change, when the decoders were
@@ -295,8 +295,10 @@ class Library:
             held = self.catalog.get_meta("image_precision") or ("fp32" if self.catalog.count("ok") else None)
             if isinstance(getattr(type(encoder), "library_precision", None), property):
                 encoder.library_precision = "fp32" if held == "mixed" else held  # type: ignore[attr-defined]
-            indexer = Indexer(self.catalog, self.vector_index, encoder, save_index=self.save_index,
-                              batch_size=batch_size, readers=self.readers)
+            from clipsearch import indexer as indexing  # imported here: a search does not need it
+
+            indexer = indexing.Indexer(self.catalog, self.vector_index, encoder, save_index=self.save_index,
+                                       batch_size=batch_size, readers=self.readers)
             try:
                 report = indexer.sync(root, exclude=[self.folder, *exclude], progress=progress,
                                       allow_empty=allow_empty, retry_failed=retry_failed, defer=defer, stop=stop)
@@ -636,8 +638,10 @@ class Library:
     def roots(self) -> list[str]:
         return json.loads(self.catalog.get_meta("roots") or "[]")
 
-    def last_report(self) -> IndexReport | None:
+    def last_report(self) -> "IndexReport | None":
         raw = self.catalog.get_meta("last_report")
+        from clipsearch.indexer import IndexReport
+
         return IndexReport.from_dict(json.loads(raw)) if raw else None
 
     def _precision_info(self) -> dict[str, str]:

@@ -13,6 +13,8 @@ import functools
 import gzip
 import html
 import importlib.util
+import logging
+import marshal
 import os
 import string
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Sequence
 import numpy as np
 
 from clipsearch.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 CLEANERS = ("lower", "whitespace", "canonicalize")
 DEFAULT_CONTEXT_LENGTH = 77
@@ -83,7 +87,8 @@ class ClipTokenizer:
     """Text → (N, context_length) int64 token ids, the ids open_clip's SimpleTokenizer gives."""
 
     def __init__(self, context_length: int = DEFAULT_CONTEXT_LENGTH, *, clean: str = "lower",
-                 vocab_path: str | os.PathLike | None = None) -> None:
+                 vocab_path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None) -> None:
+        """`cache_dir`: where to keep the parsed vocabulary (half the cost of parsing it again), if anywhere."""
         import regex
 
         if clean not in CLEANERS:
@@ -91,7 +96,8 @@ class ClipTokenizer:
         self.context_length = int(context_length)
         self.clean = clean
         self._byte_encoder = _bytes_to_unicode()
-        self._encoder, self._ranks = _load_vocab(str(vocab_path or default_vocab_path()))
+        path = str(vocab_path or default_vocab_path())
+        self._encoder, self._ranks = _load_vocab(path, str(cache_dir) if cache_dir else None)
         self.sot_token_id = self._encoder["<start_of_text>"]
         self.eot_token_id = self._encoder["<end_of_text>"]
         self.vocab_size = len(self._encoder)
@@ -160,7 +166,42 @@ _INF = float("inf")
 
 
 @functools.lru_cache(maxsize=4)
-def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+def _load_vocab(path: str, cache_dir: str | None = None) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    cached = _vocab_cache_file(path, cache_dir) if cache_dir else None
+    if cached is not None:
+        try:
+            encoder, ranks = marshal.loads(cached.read_bytes())
+            if isinstance(encoder, dict) and isinstance(ranks, dict) and len(ranks) == _MERGES:
+                return encoder, ranks
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+    encoder, ranks = _parse_vocab(path)
+    if cached is not None:
+        try:
+            from clipsearch.atomic import atomic_writer
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_writer(cached, "wb", durable=False) as fh:
+                fh.write(marshal.dumps((encoder, ranks)))
+        except OSError as exc:  # a cache that cannot be written only costs the parse next time
+            log.debug("tokenizer: not caching the vocabulary in %s (%s)", cache_dir, exc)
+    return encoder, ranks
+
+
+def _vocab_cache_file(path: str, cache_dir: str) -> Path | None:
+    # Named by the vocabulary file's identity and the interpreter (marshal's format is its own).
+    import hashlib
+    import sys
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    raw = f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{sys.version_info[:2]}:{marshal.version}:{_MERGES}"
+    return Path(cache_dir) / f"bpe-vocab-{hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()}.marshal"
+
+
+def _parse_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
     with gzip.open(path) as fh:
         lines = fh.read().decode("utf-8").split("\n")[1:_MERGES + 1]
     merges = [tuple(line.split()) for line in lines]

@@ -5,9 +5,33 @@ import argparse
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from clipsearch import toyworld
+
+class _Deferred:
+    """A constant of `clipsearch.toyworld`, imported when argparse first reads it.
+
+    Building the `clipsearch` parser registers every command; importing the generator
+    (its patterns and drawing code) there would cost every command, a query included,
+    about 0.05 s.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def value(self) -> Any:
+        from clipsearch import toyworld
+
+        return getattr(toyworld, self.name)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.value()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.value())
+
+    def __str__(self) -> str:
+        return str(self.value())
 
 
 def _at_least(minimum: int) -> Any:
@@ -42,17 +66,17 @@ def register(subparsers: Any) -> None:
     gen.add_argument("--videos", type=_at_least(0), default=0, metavar="N",
                      help="also write N short clips whose scenes change at known times into OUT/videos/ "
                           "and OUT/videos.csv (start, end, caption per segment)")
-    gen.add_argument("--split", choices=toyworld.SPLITS, default="train",
+    gen.add_argument("--split", choices=_Deferred("SPLITS"), default="train", metavar="SPLIT",
                      help="train: no held-out combination; test: each image has one; "
                           "seen: a fresh sample of seen combinations (default: train)")
     gen.add_argument("--seed", type=_at_least(0), default=0, help="random seed (default: 0)")
     gen.add_argument("--size", type=_at_least(32), default=256, help="image side in pixels (default: 256)")
     gen.add_argument("--workers", type=_at_least(1), default=None, help="processes (default: all CPUs)")
-    gen.add_argument("--world", choices=toyworld.WORLDS, default="base",
+    gen.add_argument("--world", choices=_Deferred("WORLDS"), default="base", metavar="WORLD",
                      help="base: the bundled model's world (default); ext: every scene shows a word the bundled "
                           "model never saw (objects star/kite/balloon, colours pink/brown, setting beach)")
-    gen.add_argument("--quality", type=_jpeg_quality, default=toyworld.JPEG_QUALITY,
-                     help=f"JPEG quality 1-100 (default: {toyworld.JPEG_QUALITY})")
+    gen.add_argument("--quality", type=_jpeg_quality, default=_Deferred("JPEG_QUALITY"),
+                     help="JPEG quality 1-100 (default: %(default)s)")
     variants = gen.add_mutually_exclusive_group()
     variants.add_argument("--variants", dest="variants", action="store_true", default=None,
                           help="include variant groups (default for test and seen)")
@@ -74,11 +98,14 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"wrote {args.videos} clips and {video_csv} in {time.perf_counter() - start:.1f} s")
     if not args.n:
         return 0
+    from clipsearch import toyworld
+
+    quality = args.quality.value() if isinstance(args.quality, _Deferred) else args.quality
     start = time.perf_counter()
     csv_path = toyworld.generate(
         args.out, args.n, split=args.split, seed=args.seed, size=args.size, workers=args.workers,
         variants=args.variants, progress=logging.getLogger().getEffectiveLevel() <= logging.WARNING,
-        world=args.world, quality=args.quality)
+        world=args.world, quality=quality)
     seconds = time.perf_counter() - start
     world = "" if args.world == "base" else f" {args.world}-world"
     print(f"wrote {args.n}{world} {args.split} images and {csv_path} "

@@ -31,6 +31,17 @@ from clipsearch.index.exact import exact_search
 from clipsearch.index.idset import IdSet
 from clipsearch.index.store import IndexMeta, read_index_file, write_index_file
 
+
+def _unique(values: np.ndarray) -> np.ndarray:
+    """np.unique for a 1-d array, without importing numpy.ma (np.unique does, ~15 ms of a cold query)."""
+    out = np.sort(np.asarray(values).ravel())
+    if out.size < 2:
+        return out
+    keep = np.empty(out.size, bool)
+    keep[0] = True
+    np.not_equal(out[1:], out[:-1], out=keep[1:])
+    return out[keep]
+
 log = logging.getLogger(__name__)
 
 KMEANS_ITERATIONS = 10
@@ -91,7 +102,7 @@ class VectorIndex:
     def __init__(self, index: Any, meta: IndexMeta) -> None:
         self.faiss_index = index
         self.meta = meta
-        self._deleted = np.unique(np.asarray(meta.deleted, dtype=np.int64))
+        self._deleted = _unique(np.asarray(meta.deleted, dtype=np.int64))
         # ids -> (ids found, their exact vectors), in any order: see `rerank_depth`.
         self.exact_vectors: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
@@ -195,7 +206,7 @@ class VectorIndex:
         """Remove ids; returns how many were in the index. HNSW: tombstones, compacted past HNSW_MAX_DELETED."""
         import faiss
 
-        ids = np.unique(np.ascontiguousarray(ids, dtype=np.int64))
+        ids = _unique(np.ascontiguousarray(ids, dtype=np.int64))
         if not len(ids):
             return 0
         if self.kind == "hnsw":
@@ -284,7 +295,7 @@ class VectorIndex:
             sel, bitmap = id_set.selector()
             keep_alive.append(bitmap)
         elif allowed_ids is not None:
-            allowed = np.unique(np.ascontiguousarray(allowed_ids, dtype=np.int64))
+            allowed = _unique(np.ascontiguousarray(allowed_ids, dtype=np.int64))
             if len(self._deleted):
                 allowed = np.setdiff1d(allowed, self._deleted, assume_unique=True)
             if not len(allowed):
@@ -315,7 +326,7 @@ class VectorIndex:
         A candidate whose vector the source does not have (a stale entry) is dropped.
         """
         assert self.exact_vectors is not None
-        wanted = np.unique(candidates[candidates >= 0])
+        wanted = _unique(candidates[candidates >= 0])
         got_ids, got_vecs = self.exact_vectors(wanted)
         order = np.argsort(got_ids)
         got_ids, got_vecs = np.asarray(got_ids, np.int64)[order], np.asarray(got_vecs, np.float32)[order]
