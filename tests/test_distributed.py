@@ -486,3 +486,29 @@ def test_a_renamed_folder_on_ray_is_moved_not_embedded(ray_cluster: str, photos:
         after = {r.path: r.id for r in lib.catalog.images_under(str(root)).values() if r.status == "ok"}
         assert after == {p.replace("/sub/", "/sub-2024/"): i for p, i in before.items()}
         _assert_consistent(lib, 43)
+
+
+class _Int8Fake(FakeEncoder):
+    """A FakeEncoder that says its image vectors are int8 (as the onnx-int8 backend's are)."""
+
+    image_backend = "onnx-int8"
+
+
+def test_ray_records_what_encoded_the_library_and_says_when_it_mixes(ray_cluster: str, photos: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    assert EncoderSpec("ViT-B-32", image_backend="onnx-int8").precision == "int8"
+    assert EncoderSpec("ViT-B-32", image_backend="onnxruntime").precision == "fp32"
+    assert EncoderSpec(factory=FakeEncoder).precision == "fp32" and EncoderSpec(factory=_Int8Fake).precision == "int8"
+    first, second = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(photos / "sub", first)
+    shutil.copytree(photos, second, ignore=shutil.ignore_patterns("sub"))
+    with Library.open(tmp_path / "lib", encoder=FakeEncoder()) as lib:
+        index_on_ray(lib, first, encoder=EncoderSpec(factory=_Int8Fake), options=RayOptions(workers=1))
+        assert lib.held_precision() == "int8"
+        index_on_ray(lib, first, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
+        assert lib.held_precision() == "int8"  # nothing encoded: nothing changes
+        with caplog.at_level("WARNING"):
+            index_on_ray(lib, second, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1))
+        assert lib.held_precision() == "mixed" and "holds int8 and fp32 image vectors" in caplog.text

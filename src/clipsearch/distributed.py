@@ -121,14 +121,25 @@ class EncoderSpec:
     # pool per core in every actor would oversubscribe the node).
     image_backend: str | None = None
 
+    @property
+    def precision(self) -> str:
+        """"int8" or "fp32": what the workers' image vectors are (a factory's encoder says by its `image_backend`)."""
+        from clipsearch.encoder import precision_of
+
+        backend = getattr(self.factory, "image_backend", "torch") if self.factory is not None else self.image_backend
+        return precision_of(backend if isinstance(backend, str) else "torch")
+
     def build(self, threads: int | None = None) -> "Encoder":
         if self.factory is not None:
             return self.factory()
-        from clipsearch.encoder import load_encoder
+        from clipsearch.encoder import INT8_BACKEND, load_encoder
 
         encoder = load_encoder(self.model, self.pretrained, device=self.device, allow_download=False,
                                image_backend="torch")
-        if self.image_backend == "onnxruntime":
+        if self.image_backend == INT8_BACKEND:
+            # No fallback: a worker on fp32 beside int8 ones would mix the library's vectors.
+            encoder.use_onnxruntime(threads=threads, int8=True)
+        elif self.image_backend == "onnxruntime":
             try:
                 encoder.use_onnxruntime(threads=threads)
             except ClipSearchError as exc:
@@ -408,11 +419,16 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
     change the library's index choice as for `Library.index`; a trained index kind is
     built on Ray (see the module docstring). `wait` as for `Library.index`.
     """
+    from clipsearch.encoder import INT8_BACKEND
+
     options = options or RayOptions()
     encoder = encoder or EncoderSpec(lib.model, lib.pretrained, lib.device)
     started = time.monotonic()
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     with lib.write_lock(wait), ray_session(options) as ray:
+        held = lib.held_precision()
+        if held == "int8" and encoder.factory is None and encoder.image_backend in (None, "auto"):
+            encoder = replace(encoder, image_backend=INT8_BACKEND)  # as `auto` does on one machine: keep to int8
         lib.indexes.set_choice(index_kind, max_memory)
         lib.catalog.ensure_columns(lib.readers)
         plan = plan_sync(lib.catalog, root, exclude=[lib.folder, *exclude], allow_empty=allow_empty,
@@ -444,6 +460,8 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
             raise
         finally:
             report.seconds = time.monotonic() - started
+        if report.added - report.copied > 0 or report.updated:
+            lib.record_precision(held, encoder.precision)
         lib.catalog.set_meta("roots", sorted({*lib.roots(), root}))
         # Facts the library's readers have not read yet, of files not embedded now: read here, no model.
         report.backfilled = backfill_facts(lib.catalog, lib.readers, root, progress=progress)

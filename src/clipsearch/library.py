@@ -292,7 +292,7 @@ class Library:
         with self.write_lock(wait):
             self.indexes.set_choice(index_kind, max_memory)
             encoder = self.encoder
-            held = self.catalog.get_meta("image_precision") or ("fp32" if self.catalog.count("ok") else None)
+            held = self.held_precision()
             if isinstance(getattr(type(encoder), "library_precision", None), property):
                 encoder.library_precision = "fp32" if held == "mixed" else held  # type: ignore[attr-defined]
             from clipsearch import indexer as indexing  # imported here: a search does not need it
@@ -317,23 +317,32 @@ class Library:
                 log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
         return report
 
-    def _record_precision(self, held: str | None) -> None:
-        """Remember what encoded the library's vectors; a mix of int8 and fp32 is logged and shown by `info`.
+    def held_precision(self) -> str | None:
+        """What the library's image vectors are: "fp32", "int8", "mixed", or None for an empty library."""
+        return self.catalog.get_meta("image_precision") or ("fp32" if self.catalog.count("ok") else None)
 
-        Only the int8 tower that measured within INT8_MIN_COSINE of fp32 ever encodes, so a
-        mix stays within that tolerance; `auto` never mixes (it keeps to `held`).
-        """
-        from clipsearch.encoder import INT8_MIN_COSINE, LazyEncoder, precision_of
+    def _record_precision(self, held: str | None) -> None:
+        from clipsearch.encoder import LazyEncoder, precision_of
 
         encoder = self.encoder
         if isinstance(encoder, LazyEncoder) and not encoder.loaded:
             return  # nothing was encoded
+        cosine = getattr(encoder, "int8_cosine", None)
+        self.record_precision(held, precision_of(getattr(encoder, "image_backend", "torch")), int8_cosine=cosine)
+
+    def record_precision(self, held: str | None, used: str, *, int8_cosine: float | None = None) -> None:
+        """Record that image vectors of precision `used` were added to a library that held `held` (`held_precision()`
+        before the run); a mix of int8 and fp32 is logged and shown by `info`.
+
+        Only the int8 tower that measured within INT8_MIN_COSINE of fp32 ever encodes, so a
+        mix stays within that tolerance; `auto` never mixes (it keeps to `held`).
+        """
+        from clipsearch.encoder import INT8_MIN_COSINE
+
         if not self.catalog.count("ok"):
             return
-        used = precision_of(getattr(encoder, "image_backend", "torch"))
-        cosine = getattr(encoder, "int8_cosine", None)
-        if cosine is not None:
-            self.catalog.set_meta("int8_cosine", f"{cosine:.6f}")
+        if int8_cosine is not None:
+            self.catalog.set_meta("int8_cosine", f"{int8_cosine:.6f}")
         if held is None or held == used:
             if held is None:
                 self.catalog.set_meta("image_precision", used)
