@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipsearch import toyworld as tw
 from clipsearch.duplicates import (
-    DuplicateGroup, DuplicatesError, PhotoFacts, choose_keeper, compare, dct_hash, rotate_hash,
+    DuplicateGroup, DuplicatesError, PhotoFacts, choose_keeper, compare, dct_hash, group_pairs, rotate_hash,
 )
 from clipsearch.duplicates.candidates import clip_pairs, hash_pairs
 from clipsearch.duplicates.pixels import signature_of_image
@@ -84,6 +84,49 @@ def test_clip_pairs_match_brute_force() -> None:
     i, j = np.nonzero(np.triu(s >= 0.9, 1))
     assert {tuple(p) for p in pairs.tolist()} == set(zip(i.tolist(), j.tolist()))
     assert np.allclose(sims, s[pairs[:, 0], pairs[:, 1]], atol=1e-5)
+
+
+def test_clip_pairs_cluster_join_finds_the_near_copies_of_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((30, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 30, 3000)] + 0.6 * rng.standard_normal((3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src, dst = rng.choice(3000, 200, replace=False).reshape(2, 100)
+    x[dst] = x[src] + 0.05 * rng.standard_normal((100, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    pairs, sims = clip_pairs(x, k=4, min_similarity=0.9, flat_max=500)     # 3000 rows: the cluster join
+    assert pairs.dtype == np.int32 and np.all(pairs[:, 0] < pairs[:, 1])
+    assert np.allclose(sims, np.einsum("ij,ij->i", x[pairs[:, 0]], x[pairs[:, 1]]), atol=1e-5)
+    assert sims.min() >= 0.9
+    found = {tuple(p) for p in pairs.tolist()}
+    assert {(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist())} <= found
+    # each row keeps at most its k best, and its best neighbour is among them
+    s = x @ x.T
+    np.fill_diagonal(s, -1)
+    best = s.argmax(axis=1)
+    near = np.flatnonzero(s.max(axis=1) >= 0.9)
+    assert all((min(i, best[i]), max(i, best[i])) in found for i in near.tolist())
+
+
+def test_hash_pairs_with_fewer_longer_parts_still_find_close_hashes() -> None:
+    rng = np.random.default_rng(2)
+    h = rng.integers(0, 2 ** 63 - 1, 3000)
+    h[10] = rotate_hash(int(h[20]), 90) ^ (1 << 5)          # turned, 1 bit off
+    h[30] = int(h[40]) ^ (1 << 1) ^ (1 << 60)                 # 2 bits off, in different parts
+    pairs, dist = hash_pairs(h, max_distance=4, budget=0)     # no budget: the fewest parts (2)
+    assert [10, 20] in pairs.tolist() and dict(zip(map(tuple, pairs.tolist()), dist.tolist()))[(10, 20)] == 1
+    pairs, dist = hash_pairs(h, max_distance=4)
+    assert sorted(pairs.tolist()) == [[10, 20], [30, 40]] and sorted(dist.tolist()) == [1, 2]
+
+
+def test_group_pairs_from_codes_and_names_agree() -> None:
+    from clipsearch.duplicates.groups import level_codes
+
+    pairs = np.array([[0, 1], [1, 2], [3, 4], [5, 6], [6, 7]], np.int32)
+    names = ["copy", "copy", "moment", None, "moment"]
+    for levels in (names, level_codes(names)):
+        assert group_pairs(8, pairs, levels, "copies") == [[0, 1, 2]]
+        assert group_pairs(8, pairs, levels, "moments") == [[3, 4], [6, 7]]
 
 
 def test_hash_pairs_find_turned_copies_only() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -137,12 +138,44 @@ class DuplicateReport:
     compared: int = 0
     unreadable: list[str] = field(default_factory=list)
     decisions: list[PairDecision] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage, in order
+
+    cpu_seconds: dict[str, float] = field(default_factory=dict)   # and its CPU time (this process, all threads)
+
+    def lap(self, stage: str, since: tuple[float, float]) -> tuple[float, float]:
+        """Add the wall and CPU time from `since` (a previous lap's return, or `clock()`) to `stage`."""
+        now = clock()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now[0] - since[0]
+        self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + now[1] - since[1]
+        return now
+
+
+def clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds, for `DuplicateReport.lap`."""
+    return time.perf_counter(), time.process_time()
+
+
+class _Rows(dict):
+    """Catalog rows by id, fetched when first asked for (`need` fetches many in one go)."""
+
+    def __init__(self, catalog: "Catalog") -> None:
+        super().__init__()
+        self.catalog = catalog
+
+    def need(self, ids: Iterable[int]) -> None:
+        missing = [int(i) for i in ids if int(i) not in self]
+        if missing:
+            self.update(self.catalog.get_images(missing))
+
+    def __missing__(self, image_id: int) -> "ImageRow":
+        self.need([image_id])
+        return dict.__getitem__(self, image_id)
 
 
 class _SignatureSource:
     """Signatures and facts of catalogued photos: facts cached on disk, signatures for this run."""
 
-    def __init__(self, rows: dict[int, "ImageRow"], cache: FactsCache, keep: int = 1024) -> None:
+    def __init__(self, rows: "_Rows", cache: FactsCache, keep: int = 1024) -> None:
         self.rows = rows
         self.cache = cache
         self.facts: dict[int, PhotoFacts] = {}
@@ -152,6 +185,7 @@ class _SignatureSource:
 
     def load_facts(self, ids: Iterable[int], progress: bool = False) -> None:
         ids = [i for i in ids if i not in self.facts]
+        self.rows.need(ids)
         self.facts.update(self.cache.get(self.rows[i] for i in ids))
         missing = [i for i in ids if i not in self.facts]
         if not missing:
@@ -225,60 +259,95 @@ def decide(sig_a: Signature | None, sig_b: Signature | None, facts_a: PhotoFacts
     return PairDecision(a, b, level, clip, hash_distance, evidence, seconds, note)
 
 
-def fast_levels(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarray, taken_a: np.ndarray,
-                taken_b: np.ndarray, options: DuplicateOptions) -> np.ndarray:
-    """`decide` with verify="fast", for many pairs at once: "copy", "moment" or "" per pair.
+# Per-pair levels as small integers: millions of candidate pairs hold no Python object each.
+NO_LEVEL, COPY, MOMENT = 0, 1, 2
+_LEVEL_NAMES = np.array(["", "copy", "moment"], dtype=object)
+
+
+def level_codes(levels: Sequence[str | None] | np.ndarray) -> np.ndarray:
+    """int8 codes (0 none, 1 copy, 2 moment) of per-pair levels given as names (or already as codes)."""
+    arr = np.asarray(levels)
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int8)
+    arr = np.asarray(levels, dtype=object)
+    return ((arr == "copy") * COPY + (arr == "moment") * MOMENT).astype(np.int8)
+
+
+def fast_codes(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarray, taken_a: np.ndarray,
+               taken_b: np.ndarray, options: DuplicateOptions) -> np.ndarray:
+    """`decide` with verify="fast", for many pairs at once, as `level_codes` (int8 per pair).
 
     `taken_a`, `taken_b`: capture times (NaN when unknown).
     """
     copy = (hash_distance <= options.fast_copy_hash) & ((clip >= options.fast_copy_clip) | (rotation != 0))
     moment = ~copy & (hash_distance <= options.fast_moment_hash) & (clip >= options.fast_moment_clip)
-    out = np.where(copy, "copy", np.where(moment, "moment", "")).astype(object)
+    out = np.where(copy, COPY, np.where(moment, MOMENT, NO_LEVEL)).astype(np.int8)
     if options.use_capture_time:
         seconds = np.abs(taken_a - taken_b)
         known = ~np.isnan(seconds)
         shots = known & copy & (seconds >= 1.0)
-        out[shots & (seconds <= options.moment_seconds)] = "moment"
-        out[shots & (seconds > options.moment_seconds)] = ""
-        out[known & moment & (seconds > options.moment_seconds)] = ""
+        out[shots & (seconds <= options.moment_seconds)] = MOMENT
+        out[shots & (seconds > options.moment_seconds)] = NO_LEVEL
+        out[known & moment & (seconds > options.moment_seconds)] = NO_LEVEL
         # Taken at the same instant and alike: one shot (the fast rule cannot see a crop or
         # a caption; the capture time can). A burst within one second without sub-second
         # times in its EXIF would be taken for copies here: verify="pixels" tells them apart.
-        out[known & moment & (seconds < 0.5)] = "copy"
-        near = known & (out == "") & (seconds <= options.moment_seconds) & (clip >= options.fast_moment_clip) \
+        out[known & moment & (seconds < 0.5)] = COPY
+        near = known & (out == NO_LEVEL) & (seconds <= options.moment_seconds) & (clip >= options.fast_moment_clip) \
             & (hash_distance <= options.fast_moment_hash)
-        out[near] = "moment"
+        out[near] = MOMENT
     return out
 
 
-def inherit_capture_times(pairs: np.ndarray, pair_levels: Sequence[str | None], taken: np.ndarray,
-                          options: DuplicateOptions) -> list[str | None]:
+def fast_levels(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarray, taken_a: np.ndarray,
+                taken_b: np.ndarray, options: DuplicateOptions) -> np.ndarray:
+    """`fast_codes` as names: "copy", "moment" or "" per pair (an object array)."""
+    return _LEVEL_NAMES[fast_codes(clip, hash_distance, rotation, taken_a, taken_b, options)]
+
+
+def components(n: int, edges: np.ndarray) -> np.ndarray:
+    """Connected component label of each of n nodes joined by `edges` ((E, 2) positions)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.asarray(edges).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def inherit_capture_times(pairs: np.ndarray, pair_levels: Sequence[str | None] | np.ndarray, taken: np.ndarray,
+                          options: DuplicateOptions) -> list[str | None] | np.ndarray:
     """Drop moment edges whose photos were taken further apart than `moment_seconds`, where a photo
-    without a capture time (a PNG export) has the capture time of the copies it was grouped with."""
-    if not options.use_capture_time:
-        return list(pair_levels)
-    n = len(taken)
-    joined = _UnionFind(n)
-    for (p, q), lv in zip(pairs.tolist(), pair_levels):
-        if lv == "copy":
-            joined.union(p, q)
-    family: dict[int, list[float]] = {}
-    for pos in np.flatnonzero(~np.isnan(taken)).tolist():
-        family.setdefault(joined.find(pos), []).append(float(taken[pos]))
+    without a capture time (a PNG export) has the capture time of the copies it was grouped with.
 
-    def when(pos: int) -> float | None:
-        if not np.isnan(taken[pos]):
-            return float(taken[pos])
-        times = family.get(joined.find(pos))
-        return float(np.median(times)) if times else None
-
-    out = list(pair_levels)
-    for k, ((p, q), lv) in enumerate(zip(pairs.tolist(), pair_levels)):
-        if lv == "moment":
-            a, b = when(p), when(q)
-            if a is not None and b is not None and abs(a - b) > options.moment_seconds:
-                out[k] = None
-    return out
+    Levels given as `level_codes` come back as codes; names (a list) come back as names.
+    """
+    as_codes = isinstance(pair_levels, np.ndarray) and pair_levels.dtype.kind in "iu"
+    codes = level_codes(pair_levels).copy()
+    moments = np.flatnonzero(codes == MOMENT)
+    if options.use_capture_time and len(moments):
+        n = len(taken)
+        when = np.asarray(taken, np.float64).copy()
+        missing = np.isnan(when)
+        ends = np.unique(pairs[moments])
+        if missing[ends].any() and not missing.all():
+            # A photo without a time takes the median time of its copies (its copy component).
+            label = components(n, pairs[codes == COPY])
+            dated = np.flatnonzero(~missing)
+            order = dated[np.lexsort((when[dated], label[dated]))]
+            lab = label[order]
+            start = np.r_[0, np.flatnonzero(lab[1:] != lab[:-1]) + 1]
+            stop = np.r_[start[1:], len(order)]
+            median = 0.5 * (when[order[(start + stop - 1) // 2]] + when[order[(start + stop) // 2]])
+            family = np.full(n, np.nan)
+            family[lab[start]] = median
+            when[missing] = family[label[missing]]
+        a, b = when[pairs[moments, 0]], when[pairs[moments, 1]]
+        far = ~np.isnan(a) & ~np.isnan(b) & (np.abs(a - b) > options.moment_seconds)
+        codes[moments[far]] = NO_LEVEL
+    if as_codes:
+        return codes
+    return [lv or None for lv in _LEVEL_NAMES[codes].tolist()]
 
 
 def stored_capture_times(catalog: "Catalog", ids: np.ndarray) -> np.ndarray:
@@ -299,13 +368,16 @@ def stored_capture_times(catalog: "Catalog", ids: np.ndarray) -> np.ndarray:
 def stored_hashes(catalog: "Catalog", ids: np.ndarray) -> np.ndarray:
     """The catalog's `phash` column for `ids` (-1 where missing, or when the catalog has no such column)."""
     out = np.full(len(ids), -1, np.int64)
-    if "phash" not in catalog.fact_columns:
+    if "phash" not in catalog.fact_columns or not len(ids):
         return out
     found = catalog.facts(ids.tolist(), ["phash"])
-    for pos, i in enumerate(ids.tolist()):
-        value = found.get(i, {}).get("phash")
-        if value is not None:
-            out[pos] = int(value)
+    got = np.fromiter((k for k, v in found.items() if v["phash"] is not None), np.int64)
+    val = np.fromiter((v["phash"] for v in found.values() if v["phash"] is not None), np.int64, len(got))
+    order = np.argsort(got)
+    got, val = got[order], val[order]
+    at = np.clip(np.searchsorted(got, ids), 0, max(0, len(got) - 1))
+    hit = (at < len(got)) & (got[at] == ids) if len(got) else np.zeros(len(ids), bool)
+    out[hit] = val[at[hit]]
     return out
 
 
@@ -330,47 +402,27 @@ class _UnionFind:
         return self.find(a) == self.find(b)
 
 
-def _components(n: int, edges: np.ndarray) -> np.ndarray:
-    parent = np.arange(n)
-
-    def find(x: int) -> int:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in edges:
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
-
-
-def group_pairs(n: int, pairs: np.ndarray, levels: Sequence[str | None], level: str) -> list[list[int]]:
-    """Groups (lists of positions, 2 or more) of one level from per-pair levels.
+def group_pairs(n: int, pairs: np.ndarray, levels: Sequence[str | None] | np.ndarray, level: str) -> list[list[int]]:
+    """Groups (sorted lists of positions, 2 or more) of one level from per-pair levels (names or `level_codes`).
 
     "copies": components of copy edges. "moments": components of copy and moment edges that
     hold at least one moment edge (a burst, with any copies of its shots).
     """
-    levels = np.array([lv or "" for lv in levels])
-    if level == "copies":
-        edges = pairs[levels == "copy"]
-    else:
-        edges = pairs[(levels == "copy") | (levels == "moment")]
+    codes = level_codes(levels)
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    edges = pairs[codes == COPY] if level == "copies" else pairs[codes != NO_LEVEL]
     if not len(edges):
         return []
+    label = components(n, edges)
     touched = np.unique(edges)
-    local = {int(p): i for i, p in enumerate(touched)}
-    comp = _components(len(touched), np.vectorize(local.get)(edges))
-    groups: dict[int, list[int]] = {}
-    for i, c in enumerate(comp):
-        groups.setdefault(int(c), []).append(int(touched[i]))
-    out = [sorted(g) for g in groups.values() if len(g) > 1]
     if level == "moments":
-        moment_nodes = set(np.unique(pairs[levels == "moment"]).tolist())
-        out = [g for g in out if moment_nodes.intersection(g)]
+        keep = np.zeros(label.max() + 1, bool)
+        keep[label[pairs[codes == MOMENT, 0]]] = True
+        touched = touched[keep[label[touched]]]
+    order = touched[np.argsort(label[touched], kind="stable")]
+    lab = label[order]
+    cuts = np.flatnonzero(lab[1:] != lab[:-1]) + 1
+    out = [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
     return sorted(out, key=lambda g: g[0])
 
 
@@ -461,15 +513,18 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
             return empty
     else:
         ids = None
-    ids, vectors = catalog.vectors_of(None if ids is None else ids.tolist(), dim)
+    t0 = clock()
+    ids, vectors = read_vectors(catalog, dim, ids)
     n = len(ids)
     report.photos = n
     if n < 2:
         return empty
-    rows = catalog.get_images(ids.tolist())
+    t0 = report.lap("read vectors", t0)
+    rows = _Rows(catalog)
     source = _SignatureSource(rows, cache)
     cpairs, csims = clip_pairs(vectors, options.k, options.min_similarity)
     report.clip_pairs = len(cpairs)
+    t0 = report.lap("CLIP neighbours", t0)
     hashes = np.full(n, -1, np.int64)
     if options.use_hashes:
         stored = stored_hashes(catalog, ids)
@@ -479,20 +534,25 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
             log.info("duplicates: %d photos have no stored hash; reading them (run `clipsearch index` to "
                      "store them)", len(missing))
             source.load_facts(missing, progress=progress)
-            for pos, i in enumerate(ids.tolist()):
-                if hashes[pos] < 0 and i in source.facts:
-                    hashes[pos] = source.facts[i].phash
+            for pos in np.flatnonzero(stored < 0).tolist():
+                f = source.facts.get(int(ids[pos]))
+                if f is not None:
+                    hashes[pos] = f.phash
+        t0 = report.lap("read hashes", t0)
         hpairs, _ = hash_pairs(hashes, options.max_hash_distance)
+        t0 = report.lap("hash buckets", t0)
     else:
-        hpairs = np.zeros((0, 2), np.int64)
+        hpairs = np.zeros((0, 2), np.int32)
     report.hash_pairs = len(hpairs)
-    pairs = np.unique(np.concatenate([cpairs, hpairs]), axis=0) if len(hpairs) else cpairs
+    pairs, clip = _merge_pairs(cpairs, csims, hpairs, n)
+    del cpairs, csims, hpairs
     if not len(pairs):
         return empty
-    clip = np.einsum("ij,ij->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
+    todo = np.flatnonzero(np.isnan(clip))       # hash pairs the neighbour search did not meet
+    clip[todo] = _pair_similarity(vectors, pairs[todo])
     if options.verify == "pixels":
         # Format, metadata and capture time of the candidates' members (pixels read them anyway).
-        source.load_facts(np.unique(ids[pairs]).tolist(), progress=progress)
+        source.load_facts(ids[np.unique(pairs)].tolist(), progress=progress)
         for pos in np.unique(pairs):
             f = source.facts.get(int(ids[pos]))
             if f is not None and hashes[pos] < 0:
@@ -504,21 +564,27 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
         hd[known], hrot[known] = hash_distances(hashes, pairs[known], with_rotation=True)
     if options.verify == "fast":
         taken = stored_capture_times(catalog, ids)
-        levels_arr = fast_levels(clip, hd, hrot, taken[pairs[:, 0]], taken[pairs[:, 1]], options)
-        pair_levels = inherit_capture_times(pairs, [lv or None for lv in levels_arr.tolist()], taken, options)
-        decisions = {}
-        for (p, q), lv, sim, dist in zip(pairs.tolist(), pair_levels, clip.tolist(), hd.tolist()):
-            if lv is not None:
-                d = PairDecision(int(ids[p]), int(ids[q]), lv, float(sim), int(dist))
-                decisions[(d.a, d.b)] = decisions[(d.b, d.a)] = d
-                report.decisions.append(d)
+        codes = fast_codes(clip, hd, hrot, taken[pairs[:, 0]], taken[pairs[:, 1]], options)
+        codes = inherit_capture_times(pairs, codes, taken, options)
         report.compared = len(pairs)
+        t0 = report.lap("decisions", t0)
+        # Only the pairs with a level become objects (decisions, groups): a few per grouped photo.
+        edges = np.flatnonzero(codes != NO_LEVEL)
+        pairs, clip, hd, codes = pairs[edges], clip[edges], hd[edges], codes[edges]
+        decisions = {}
+        for (p, q), code, sim, dist in zip(pairs.tolist(), codes.tolist(), clip.tolist(), hd.tolist()):
+            d = PairDecision(int(ids[p]), int(ids[q]), str(_LEVEL_NAMES[code]), float(sim), int(dist))
+            decisions[(d.a, d.b)] = decisions[(d.b, d.a)] = d
+            report.decisions.append(d)
+        grouped = {level: group_pairs(n, pairs, codes, level) for level in levels}
         # The keeper's evidence, for the grouped photos only.
-        grouped = {p for level in levels for g in group_pairs(n, pairs, pair_levels, level) for p in g}
-        source.load_facts(sorted(int(ids[p]) for p in grouped), progress=progress)
+        members = sorted({int(ids[p]) for gs in grouped.values() for g in gs for p in g})
+        source.load_facts(members, progress=progress)
         report.unreadable = sorted(set(source.unreadable))
-        return {level: _build_groups(level, n, pairs, pair_levels, ids, vectors, rows, source.facts, decisions)
-                for level in levels}
+        out = {level: _build_groups(level, grouped[level], ids, vectors, rows, source.facts, decisions)
+               for level in levels}
+        report.lap("groups and keepers", t0)
+        return out
     from tqdm import tqdm
 
     pair_levels: list[str | None] = []
@@ -546,27 +612,68 @@ def find_all_duplicates(catalog: "Catalog", dim: int, *, levels: Sequence[str] =
     report.unreadable = sorted(set(source.unreadable))
     taken = np.array([(source.facts[int(i)].taken_ts if int(i) in source.facts
                        and source.facts[int(i)].taken_ts is not None else np.nan) for i in ids.tolist()])
-    pair_levels = inherit_capture_times(pairs, pair_levels, taken, options)
-    return {level: _build_groups(level, n, pairs, pair_levels, ids, vectors, rows, source.facts, decisions)
-            for level in levels}
+    codes = inherit_capture_times(pairs, level_codes(pair_levels), taken, options)
+    return {level: _build_groups(level, group_pairs(n, pairs, codes, level), ids, vectors, rows, source.facts,
+                                 decisions) for level in levels}
 
 
-def _build_groups(level: str, n: int, pairs: np.ndarray, pair_levels: list[str | None], ids: np.ndarray,
-                  vectors: np.ndarray, rows: dict, facts: dict[int, PhotoFacts],
-                  decisions: dict[tuple[int, int], PairDecision]) -> list[DuplicateGroup]:
+def read_vectors(catalog: "Catalog", dim: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 vectors) stored for `ids` (all when None), read in blocks into one array:
+    the peak is the vectors once (2 GB for a million 512-d photos), not twice."""
+    cap = len(ids) if ids is not None else catalog.count(None)
+    out_ids = np.empty(cap, np.int64)
+    out = np.empty((cap, dim), np.float32)
+    filled = 0
+    for block_ids, block in catalog.iter_vectors(dim, ids=None if ids is None else ids.tolist()):
+        if filled + len(block) > len(out):   # more vectors than rows (never expected): grow
+            out = np.concatenate([out, np.empty((len(block) + len(out), dim), np.float32)])
+            out_ids = np.concatenate([out_ids, np.empty(len(block) + len(out_ids), np.int64)])
+        out_ids[filled:filled + len(block)] = block_ids
+        out[filled:filled + len(block)] = block
+        filled += len(block)
+    if filled < len(out) // 2:
+        return out_ids[:filled].copy(), out[:filled].copy()
+    return out_ids[:filled], out[:filled]
+
+
+def _merge_pairs(clip_found: np.ndarray, sims: np.ndarray, hash_found: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted union of CLIP and hash (i < j) position pairs as int32, each one's CLIP
+    similarity where the neighbour search found it, NaN for the hash pairs it did not)."""
+    both = np.concatenate([np.asarray(clip_found, np.int64).reshape(-1, 2), np.asarray(hash_found, np.int64).reshape(-1, 2)])
+    key, first = np.unique(both[:, 0] * n + both[:, 1], return_index=True)
+    sim = np.full(len(key), np.nan, np.float32)
+    from_clip = first < len(clip_found)
+    sim[from_clip] = sims[first[from_clip]]
+    return np.stack([key // n, key % n], 1).astype(np.int32), sim
+
+
+def _pair_similarity(vectors: np.ndarray, pairs: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """Cosine of each pair's two (unit) vectors, in batches (float32)."""
+    out = np.empty(len(pairs), np.float32)
+    for start in range(0, len(pairs), batch):
+        p = pairs[start:start + batch]
+        out[start:start + len(p)] = (np.asarray(vectors[p[:, 0]], np.float32)
+                                     * np.asarray(vectors[p[:, 1]], np.float32)).sum(axis=1)
+    return out
+
+
+def _build_groups(level: str, grouped: list[list[int]], ids: np.ndarray, vectors: np.ndarray, rows: "_Rows",
+                  facts: dict[int, PhotoFacts], decisions: dict[tuple[int, int], PairDecision]) -> list[DuplicateGroup]:
     groups = []
     level_word = level
-    for members in group_pairs(n, pairs, pair_levels, level):
+    rows.need(int(ids[p]) for members in grouped for p in members)
+    for members in grouped:
         member_ids = [int(ids[p]) for p in members]
         keeper, reason = choose_keeper(facts, member_ids, level_word)
-        kvec = vectors[members[member_ids.index(keeper)]]
+        kvec = np.asarray(vectors[members[member_ids.index(keeper)]], np.float32)
         out = []
         for pos, mid in zip(members, member_ids):
             row = rows[mid]
             f = facts.get(mid)
             why = f"keep: {reason}" if mid == keeper else _why(mid, keeper, level_word, facts,
                                                                decisions.get((keeper, mid)) or _any_edge(decisions, mid, member_ids))
-            out.append(DuplicateMember(row.path, mid, float(vectors[pos] @ kvec), why,
+            out.append(DuplicateMember(row.path, mid, float(np.asarray(vectors[pos], np.float32) @ kvec), why,
                                        f.width if f else row.width, f.height if f else row.height,
                                        f.file_size if f else row.size))
         out.sort(key=lambda m: (m.id != keeper, -m.score, m.path))
