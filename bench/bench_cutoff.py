@@ -1,13 +1,28 @@
 """Precision and recall of the relevance cutoff (`min:auto`) on toy-world queries whose captions define the truth.
 
-    python bench/bench_cutoff.py --n 2000 --data /tmp/cutoff-bench
+    python bench/bench_cutoff.py --n 2000                            # the report: the demo's photos, query seed 7
+    python bench/bench_cutoff.py --n 2000 --library-seed 1 --seed 1  # where the parameters were set
 
-Draws (once) a toy-world photo collection (two thirds seen combinations, one third
-held-out ones, as the demo does), indexes it with the bundled model, then runs queries. The queries are full descriptions of scenes: 60 the library holds and 30 it does
-not (for which the right answer is nothing). A photo is relevant when its canonical
-caption describes the query's scene (also from its other object: "B right of A" for "A
-left of B"). It reports what `min:auto` keeps: precision and recall pooled over the
-queries and averaged per query, and the best single cutoff in hindsight on this truth.
+Draws (once) a toy-world photo collection of `--n` photos (two thirds seen combinations,
+one third held-out ones, as the demo does; `--library-seed 0` draws the demo's very
+photos, others a separate collection), indexes it with the bundled model, and runs three
+query families:
+
+* full descriptions of scenes the library holds (60): a photo is relevant when its
+  canonical caption describes the query's scene (also from its other object: "B right of
+  A" for "A left of B");
+* full descriptions of scenes it does not hold (30): the right answer is nothing;
+* partial descriptions a person types (60): "a red car", "a red car at night", "a red
+  car on a road", "a car on a road at night", from a random photo of the library; every
+  photo showing such an object (either object of a relation, any count) in that
+  setting / at that time is relevant.
+
+It reports what `min:auto` keeps (set per query) and, side by side on the same queries,
+what the previous single global cutoff (`Calibration.threshold` alone) kept: precision and
+recall pooled over the queries and averaged per query; for the full descriptions the
+ceiling of any cutoff on these scores (R-precision: keep exactly as many top photos as
+are relevant); and the time `min:auto` takes per query, here and over a 20,000-photo
+index.
 """
 from __future__ import annotations
 
@@ -22,107 +37,189 @@ from pathlib import Path
 
 import numpy as np
 
+FORMS = ("colour object", "colour object time", "colour object setting", "object setting time")
 
-def _queries(present: list, n_present: int = 60, n_absent: int = 30, seed: int = 7) -> list[tuple[str, object, bool]]:
-    """Full descriptions: of scenes the library holds (`present`) and of scenes it does not hold."""
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _queries(scenes: list, seed: int, n_full: int = 60, n_absent: int = 30, n_partial: int = 60
+             ) -> list[tuple[str, str, np.ndarray]]:
+    """(family, text, relevant mask over `scenes`) of the three query families."""
     from clipsearch import toyworld as tw
 
     rng = np.random.default_rng(seed)
-    have = {tw.canonical(s) for s in present} | {tw.canonical(s.swapped()) for s in present}
-    names = sorted({tw.canonical(s) for s in present})
-    out = [(names[i], tw.parse_canonical(names[i]), True)
-           for i in rng.choice(len(names), min(n_present, len(names)), replace=False)]
-    while len(out) < len(names[:n_present]) + n_absent:
-        scene = tw.sample_scene(rng, "seen" if rng.random() < 0.67 else "test")
-        if tw.canonical(scene) not in have and all(tw.canonical(scene) != q for q, _, _ in out):
-            out.append((tw.canonical(scene), scene, False))
+    names = [tw.canonical(s) for s in scenes]
+    swapped = [tw.canonical(s.swapped()) for s in scenes]
+    have = set(names) | set(swapped)
+    distinct = sorted(set(names))
+    out: list[tuple[str, str, np.ndarray]] = []
+    for i in rng.choice(len(distinct), min(n_full, len(distinct)), replace=False):
+        want = distinct[i]
+        out.append(("full", want, np.array([a == want or b == want for a, b in zip(names, swapped)])))
+    absent: set[str] = set()
+    while len(absent) < n_absent:
+        text = tw.canonical(tw.sample_scene(rng, "seen" if rng.random() < 0.67 else "test"))
+        if text not in have and text not in absent:
+            absent.add(text)
+            out.append(("absent", text, np.zeros(len(scenes), bool)))
+    partial: set[str] = set()
+    while len(partial) < n_partial:
+        scene = scenes[int(rng.integers(len(scenes)))]
+        colour, obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        form = FORMS[len(partial) % len(FORMS)]
+        when, where = tw.TIME_PHRASE[scene.time], tw.SETTING_PHRASE[scene.setting]
+        text = {"colour object": f"{_article(colour)} {colour} {obj}",
+                "colour object time": f"{_article(colour)} {colour} {obj} {when}",
+                "colour object setting": f"{_article(colour)} {colour} {obj} {where}",
+                "object setting time": f"{_article(obj)} {obj} {where} {when}"}[form]
+        if text in partial:
+            continue
+        partial.add(text)
+        relevant = np.array([
+            ((colour, obj) in s.objects if "colour" in form else any(o == obj for _, o in s.objects))
+            and ("time" not in form or s.time == scene.time) and ("setting" not in form or s.setting == scene.setting)
+            for s in scenes])
+        out.append(("partial", text, relevant))
     return out
 
 
-def _matches(scene, want) -> bool:
+def _collection(data: Path, n: int, library_seed: int) -> dict[str, object]:
+    """Generate (once) the photos; return path -> scene."""
     from clipsearch import toyworld as tw
 
-    return tw.canonical(scene) == tw.canonical(want) or tw.canonical(scene.swapped()) == tw.canonical(want)
+    scenes: dict[str, object] = {}
+    for name, split, share, seed in (("seen", "seen", 2 / 3, 101), ("held-out", "test", 1 / 3, 202)):
+        folder = data / "photos" / name
+        count, seed = max(1, round(n * share)), seed + 1000 * library_seed  # library seed 0: the demo's photos
+        csv_path = folder / "captions.csv"
+        if not csv_path.is_file() or sum(1 for _ in csv_path.open(encoding="utf-8")) != count + 1:
+            tw.generate(folder, count, split=split, seed=seed, progress=False)
+        with csv_path.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                scenes[os.path.realpath(folder / row["filepath"])] = tw.parse_canonical(row["canonical"])
+    return scenes
+
+
+def _stats(rows: list[tuple[int, int, int]]) -> dict[str, float]:
+    """Pooled and mean-per-query precision/recall of (true positives, kept, relevant) rows."""
+    tp, kept, rel = (sum(r[i] for r in rows) for i in range(3))
+    return {"precision": tp / kept if kept else float("nan"), "recall": tp / rel if rel else float("nan"),
+            "mean_precision": float(np.mean([t / k if k else (1.0 if not r else 0.0) for t, k, r in rows])),
+            "mean_recall": float(np.mean([t / r if r else 1.0 for t, k, r in rows])),
+            "kept_nothing": float(np.mean([k == 0 for _, k, _ in rows]))}
+
+
+def _latency_at(n: int, dim: int, queries: np.ndarray, calibration) -> tuple[float, float, float]:
+    """p50 ms over an n-photo flat index (random vectors; the cost is shape-bound) of: the cutoff's sums
+    over the calibration's sample (QUERY_SAMPLE photos), its index lookup of the best photo, a top-10 search."""
+    import dataclasses
+
+    import faiss
+
+    from clipsearch.cutoff import QUERY_SAMPLE
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    calibration = dataclasses.replace(calibration, sample=vectors[:QUERY_SAMPLE].copy())
+    index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    return (_p50(lambda q: calibration.cutoff(q, 0.5), queries), _p50(lambda q: index.search(q[None, :], 1), queries),
+            _p50(lambda q: index.search(q[None, :], 10), queries))
+
+
+def _p50(fn, queries: np.ndarray) -> float:
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--data", default="/tmp/clipsearch-cutoff-bench")
+    ap.add_argument("--library-seed", type=int, default=0, help="0: the demo's photos; others: another collection")
+    ap.add_argument("--seed", type=int, default=7, help="query seed")
+    ap.add_argument("--data", default=None, help="default /tmp/clipsearch-cutoff-bench-<n>-<library seed>")
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args()
 
-    from clipsearch import toyworld as tw
-    from clipsearch.cutoff import auto_cutoff
-    from clipsearch.demo import prepare_demo
+    import faiss
+
+    faiss.omp_set_num_threads(1)  # on a shared, loaded machine two OpenMP threads wait on each other for 50 ms
+    from clipsearch.cutoff import QUERY_SAMPLE, RELATIVE, TAIL_QUANTILE, calibration_for
     from clipsearch.library import Library
 
+    data = Path(args.data or f"/tmp/clipsearch-cutoff-bench-{args.n}-{args.library_seed}")
     started = time.perf_counter()
-    setup = prepare_demo(args.data, n=args.n, progress=False)
-    prep_s = time.perf_counter() - started
-    scenes: dict[str, object] = {}
-    for folder in sorted((setup.photos).iterdir()):
-        with (folder / "captions.csv").open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                scenes[str((folder / row["filepath"]).resolve())] = tw.parse_canonical(row["canonical"])
-    with Library.open(setup.library) as lib:
-        ids, _ = lib.vectors()
-        paths = {i: lib.get_image(int(i)).path for i in ids.tolist()}
-        truth_scene = {i: scenes[os.path.realpath(p)] for i, p in paths.items()}
-        rows = []
-        t_cut = []
-        allv_ids, allv = lib.vectors()
-        sweep_scores, sweep_truth = [], []
-        for text, want, present in _queries(list(truth_scene.values())):
+    by_path = _collection(data, args.n, args.library_seed)
+    with Library.open(data / "library", model="toyworld", pretrained="bundled") as lib:
+        lib.index(data / "photos", progress=False)
+        prep_s = time.perf_counter() - started
+        ids, vectors = lib.vectors()
+        scenes = [by_path[os.path.realpath(lib.get_image(int(i)).path)] for i in ids.tolist()]
+        calibration = calibration_for(lib.searcher)
+        queries = _queries(scenes, args.seed)
+        rows: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        r_prec, qvecs = [0, 0], []
+        for family, text, relevant in queries:
             v = lib.query_vector(text)
-            t0 = time.perf_counter()
-            cut = auto_cutoff(lib.searcher, v)
-            t_cut.append(time.perf_counter() - t0)
-            scores = allv @ v
-            kept = set(allv_ids[scores >= cut].tolist())
-            relevant = {i for i, sc in truth_scene.items() if _matches(sc, want)}
-            rel_mask = np.isin(allv_ids, list(relevant))
-            sweep_scores.append(scores)
-            sweep_truth.append(rel_mask)
-            tp = len(kept & relevant)
-            rows.append({"query": text, "kind": "in the library" if present else "not in the library",
-                         "relevant": len(relevant), "kept": len(kept), "tp": tp, "cutoff": round(float(cut), 4)})
-        # The ceiling: the one global cutoff that would have been best on this very truth.
-        s_all, t_all = np.concatenate(sweep_scores), np.concatenate(sweep_truth)
-        order = np.argsort(-s_all)
-        tp_c = np.cumsum(t_all[order])
-        prec, rec = tp_c / np.arange(1, len(order) + 1), tp_c / max(t_all.sum(), 1)
-        f1 = 2 * prec * rec / np.maximum(prec + rec, 1e-9)
-        best = int(np.argmax(f1))
-        ceiling = (float(s_all[order][best]), float(prec[best]), float(rec[best]))
-    by_kind: dict[str, list[dict]] = {}
-    for r in rows:
-        by_kind.setdefault(r["kind"], []).append(r)
-
-    def pooled(rs: list[dict]) -> tuple[float, float, float, float]:
-        tp, kept, rel = sum(r["tp"] for r in rs), sum(r["kept"] for r in rs), sum(r["relevant"] for r in rs)
-        per_p = [r["tp"] / r["kept"] if r["kept"] else (1.0 if not r["relevant"] else 0.0) for r in rs]
-        per_r = [r["tp"] / r["relevant"] if r["relevant"] else 1.0 for r in rs]
-        return tp / max(kept, 1), tp / max(rel, 1), float(np.mean(per_p)), float(np.mean(per_r))
+            qvecs.append(v)
+            cut = lib.searcher.auto_cutoff(v)
+            scores = vectors @ v
+            for method, keep in (("min:auto", scores >= cut), ("global", scores >= calibration.threshold)):
+                rows.setdefault((method, family), []).append(
+                    (int((keep & relevant).sum()), int(keep.sum()), int(relevant.sum())))
+            if family == "full":
+                top = np.argsort(-scores)[: int(relevant.sum())]
+                r_prec[0] += int(relevant[top].sum())
+                r_prec[1] += int(relevant.sum())
+        qs = np.stack(qvecs)
+        t_auto = _p50(lambda q: lib.searcher.auto_cutoff(q), qs)
+        t_search = _p50(lambda q: lib.searcher.nearest(q, 10), qs)
+        lat_20k = _latency_at(20_000, vectors.shape[1], qs, calibration)
 
     cpu = _cpu()
-    print(f"# toy world, {len(truth_scene)} photos, bundled model; {len(rows)} queries; CPU: {cpu}; "
-          f"load: {os.getloadavg()[0]:.1f}; prepare {prep_s:.0f} s; cutoff {1000 * np.median(t_cut):.1f} ms p50")
-    print("| queries | n | precision (pooled) | recall (pooled) | precision (mean per query) | recall (mean per query) |")
-    print("|---|---|---|---|---|---|")
-    for kind, rs in sorted(by_kind.items()) + [("all", rows)]:
-        p, r, mp, mr = pooled(rs)
-        print(f"| {kind} | {len(rs)} | {p:.3f} | {r:.3f} | {mp:.3f} | {mr:.3f} |")
-    print(f"\nbest single cutoff in hindsight (max F1 on this truth): {ceiling[0]:.4f}: precision {ceiling[1]:.3f}, "
-          f"recall {ceiling[2]:.3f}; min:auto chose {rows[0]['cutoff']:.4f}")
+    print(f"# toy world, {len(scenes)} photos (library seed {args.library_seed}), bundled model; "
+          f"{len(queries)} queries (seed {args.seed}); CPU: {cpu}; load: {os.getloadavg()[0]:.1f}; "
+          f"prepare {prep_s:.0f} s")
+    print(f"# min:auto: score >= max({calibration.threshold:.4f}, q{100 * TAIL_QUANTILE:.0f} + {RELATIVE} x (best - "
+          f"q{100 * TAIL_QUANTILE:.0f})) per query; global: score >= {calibration.threshold:.4f} "
+          "(the previous min:auto)")
+    print("| cutoff | queries | n | precision (pooled) | recall (pooled) | precision (mean per query) "
+          "| recall (mean per query) | kept nothing |")
+    print("|---|---|---|---|---|---|---|---|")
+    labels = {"full": "full descriptions, in the library", "absent": "full descriptions, not in the library",
+              "all": "full descriptions, all", "partial": "partial descriptions"}
+    figures: dict[str, dict[str, float]] = {}
+    for method in ("min:auto", "global"):
+        by = {family: rows[(method, family)] for family in ("full", "absent", "partial")}
+        by["all"] = by["full"] + by["absent"]
+        for family in ("full", "absent", "all", "partial"):
+            st = figures[f"{method} {family}"] = _stats(by[family])
+            cells = [f"{st[k]:.3f}" if st[k] == st[k] else "—" for k in
+                     ("precision", "recall", "mean_precision", "mean_recall", "kept_nothing")]
+            print(f"| {method} | {labels[family]} | {len(by[family])} | " + " | ".join(cells) + " |")
+    print(f"\nceiling of any cutoff on these scores (R-precision: keep as many top photos as are relevant), "
+          f"full descriptions in the library: {r_prec[0] / r_prec[1]:.3f}")
+    print(f"min:auto per query (p50, one thread): {t_auto:.2f} ms here ({len(scenes)} photos; a top-10 search "
+          f"{t_search:.2f} ms); over a 20,000-photo flat index: {lat_20k[0]:.2f} ms of sums over the "
+          f"{QUERY_SAMPLE}-photo sample + {lat_20k[1]:.2f} ms to look up the best photo (a top-10 search "
+          f"{lat_20k[2]:.2f} ms)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "cpu": cpu}, indent=1))
+        Path(args.json).write_text(json.dumps({"figures": figures, "cpu": cpu, "r_precision": r_prec[0] / r_prec[1],
+                                               "cutoff_ms_p50": t_auto, "search_ms_p50": t_search,
+                                               "cutoff_ms_20k": lat_20k}, indent=1))
 
 
 def _cpu() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, StopIteration):
         return platform.processor() or "unknown"
 

@@ -281,7 +281,7 @@ class Searcher:
             vector = self.query_vector(query.text)
         cutoff = query.min_score if query.min_score is not None else (AUTO if order != "score" else None)
         if cutoff == AUTO:
-            cutoff = self.auto_cutoff(vector)
+            cutoff = self.auto_cutoff(vector, exclude_ids)
         if order == "score":
             hits = self.search_vector(vector, k, min_score=cutoff, allowed_ids=allowed, exclude_ids=exclude_ids)
             return self._with_facts(hits)
@@ -295,11 +295,13 @@ class Searcher:
         ids = self.catalog.ordered_ids("1", [], "taken_ts", descending=order == "newest", ids=list(by_id), limit=k)
         return self._with_facts([by_id[i] for i in ids])
 
-    def auto_cutoff(self, vector: np.ndarray) -> float:
-        """The score above which a photo matches the query vector, calibrated for this library's model (`min:auto`)."""
+    def auto_cutoff(self, vector: np.ndarray, exclude_ids: Sequence[int] = ()) -> float:
+        """The score above which a photo matches the query vector (`min:auto`): set for this query from its own
+        scores over the library, calibrated for this library's model (clipsearch.cutoff). `exclude_ids` do not
+        count as the query's best match."""
         from clipsearch.cutoff import auto_cutoff
 
-        return auto_cutoff(self, vector)
+        return auto_cutoff(self, vector, exclude_ids)
 
     def _above(self, vector: np.ndarray, cutoff: float | None, allowed: IdSet | None,
                exclude_ids: Sequence[int]) -> list[tuple[float, int]]:

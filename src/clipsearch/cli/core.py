@@ -110,11 +110,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
     with open_library(args) as lib:
         hits = lib.search(query, k=args.k, min_score=args.min_score, folder=args.folder)
         _print_hits(hits, args.json)
-        calibration = lib.searcher.calibration
-        if not hits and args.min_score is None and query.effective_min == "auto" and calibration is not None:
-            print(f"(date order keeps photos above the relevance cutoff min:auto = {calibration.threshold:.3f} "
-                  "for this library's model; a vaguer query scores lower: add min:0.3, say, to see more)",
-                  file=sys.stderr)
+        if not hits and args.min_score is None and query.effective_min == "auto" and query.has_words:
+            cutoff = lib.searcher.auto_cutoff(lib.query_vector(query.text))
+            shown = "above every photo" if cutoff == float("inf") else f"{cutoff:.3f}"
+            print(f"(date order keeps the photos that match this query: its relevance cutoff min:auto = {shown}, "
+                  "set for this query and this library's model; no photo reached it. A vague query, or one that "
+                  "matches many photos, scores lower: add min:0.3, say, to see more)", file=sys.stderr)
     return 0
 
 
