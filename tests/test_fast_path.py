@@ -132,3 +132,12 @@ def test_the_second_call_moves_to_the_prepacked_session_with_the_same_vectors(bu
     big = text_onnx.OnnxTextEncoder(record, cache)
     big.encode_texts(texts * 5)  # a batch larger than QUICK_TEXTS goes to the prepacked session at once
     assert big.prepacked
+
+
+def test_a_warmed_up_library_answers_on_the_prepacked_session(built: tuple[Path, Path]) -> None:
+    lib_dir, _ = built
+    with Library.open(lib_dir) as lib:
+        lib.warm_up()
+        text = lib.encoder.text_tower
+        assert text is not None and text.prepacked and not lib.encoder.loaded  # no torch model for it
+        assert lib.search("a red circle", k=3)

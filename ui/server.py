@@ -89,7 +89,7 @@ def blocked_paths(library: "Library", thumbs: Path) -> list[str]:
 def _warm_up(library: "Library") -> None:
     """Load the text encoder before the server says it is ready, so the first search is as quick as any."""
     try:
-        library.query_vector("a photo")
+        library.warm_up()
     except ClipSearchError as exc:  # an empty or unusable library still serves its UI, which says why
         log.warning("could not load the model ahead: %s", exc)
 

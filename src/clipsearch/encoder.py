@@ -950,6 +950,19 @@ class LazyEncoder:
                     log.warning("%s; encoding texts with torch", exc)
             return self._text
 
+    @property
+    def text_tower(self) -> Any:
+        """The torch-free text encoder (`text_onnx.OnnxTextEncoder`), or None when texts go through torch."""
+        return self._text_encoder()
+
+    def warm_up(self) -> None:
+        """Load what text queries need, ready for many of them (the torch-free tower's prepacked session, else torch)."""
+        text = self._text_encoder()
+        if text is None:
+            self.full  # noqa: B018  (loads the model)
+        else:
+            text.prepack()
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """(N, dim) float32 unit rows; torch-free when the model's text tower is exported."""
         text = self._text_encoder()

@@ -549,6 +549,18 @@ class Library:
         """The unit vector a query string maps to (for maps and custom search)."""
         return self.searcher.query_vector(query)
 
+    def warm_up(self) -> None:
+        """Load what text queries need, ready to answer many (a server calls this before it serves).
+
+        A process that asks one question (a `clipsearch search`) is better off without: the
+        text tower then starts on a session that is cheaper to create (docs/performance.md,
+        "A query from a cold shell"). ModelError as for a query.
+        """
+        warm = getattr(self.encoder, "warm_up", None)
+        if callable(warm):
+            warm()
+        self.query_vector("a photo")
+
     def describe(self, image: "str | os.PathLike | bytes | Image.Image | int", k: int = 5) -> list[TextHit]:
         """Image→text: the closest entries of the text collection (`image` as for `search_image`)."""
         return self.searcher.describe_vector(self.searcher.image_vector(image), k)

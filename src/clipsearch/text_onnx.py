@@ -177,6 +177,20 @@ class OnnxTextEncoder:
             options.add_session_config_entry("session.disable_prepacking", "1")
         return onnxruntime.InferenceSession(str(self._onnx_path), options, providers=["CPUExecutionProvider"])
 
+    def prepack(self) -> None:
+        """Move to the session with prepacked weights now (a server about to answer many queries)."""
+        with self._lock:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self._packed:
+            return
+        try:
+            self._session = self._new_session(prepack=True)
+        except Exception as exc:  # the same files loaded a moment ago; keep the session we have
+            log.warning("text tower %s: no prepacked session (%s); keeping the first one", self._onnx_path, exc)
+        self._packed = True
+
     def _session_for(self, count: int) -> Any:
         # The first session skips prepacking the weights (re-laying them out for the matrix
         # kernels): it starts ~4x cheaper and runs one query ~2x slower, the right trade for a
@@ -184,12 +198,8 @@ class OnnxTextEncoder:
         # the prepacked session (built once, then the first one is dropped).
         with self._lock:
             self._calls += 1
-            if not self._packed and (self._calls > QUICK_CALLS or count > QUICK_TEXTS):
-                try:
-                    self._session = self._new_session(prepack=True)
-                except Exception as exc:  # the same files loaded a moment ago; keep the session we have
-                    log.warning("text tower %s: no prepacked session (%s); keeping the first one", self._onnx_path, exc)
-                self._packed = True
+            if self._calls > QUICK_CALLS or count > QUICK_TEXTS:
+                self._pack()
             return self._session
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
