@@ -46,6 +46,44 @@ def test_second_run_encodes_nothing(library: Library, tmp_path: Path, fake_encod
     _consistent(library)
 
 
+def test_a_noop_sync_saves_nothing_and_reports_where_its_time_went(library: Library, tmp_path: Path) -> None:
+    index_file = library.folder / "index.faiss"
+    saved, generation = index_file.stat().st_mtime_ns, library.catalog.generation
+    report = library.index(tmp_path / "photos")
+    assert (report.unchanged, report.attempted, report.backfilled) == (8, 0, 0)
+    # Nothing committed to the images and no index written: the next open has nothing to repair.
+    assert library.catalog.generation == generation and index_file.stat().st_mtime_ns == saved
+    assert library.vector_index.meta.generation == generation
+    assert list(report.stages) == ["scan", "diff", "match_moves", "backfill", "fit_index"]
+    assert all(t["seconds"] >= 0 and t["cpu_seconds"] >= 0 for t in report.stages.values())
+    assert sum(t["seconds"] for name, t in report.stages.items() if name != "fit_index") <= report.seconds
+    assert library.last_report().stages == report.stages
+    assert "scan " in report.stage_summary() and "s CPU" in report.stage_summary()
+    # A run with work to do names those stages too.
+    write_colour_photos(tmp_path / "photos" / "more", ["red"], seed=1)
+    report = library.index(tmp_path / "photos")
+    assert report.added == 1 and {"encode", "save_index"} <= set(report.stages)
+    assert index_file.stat().st_mtime_ns != saved
+
+
+def test_a_stage_clock_tells_work_from_waiting() -> None:
+    import time
+
+    from clipsearch.indexer import StageClock
+
+    stages: dict = {}
+    clock = StageClock(stages)
+    time.sleep(0.2)
+    clock.lap("wait")
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    clock.lap("work")
+    clock.lap("work")  # a stage timed twice adds up
+    assert stages["wait"]["seconds"] >= 0.2 and stages["wait"]["cpu_seconds"] < 0.05
+    assert stages["work"]["cpu_seconds"] >= 0.2 and stages["work"]["seconds"] >= 0.2
+
+
 def test_new_modified_and_deleted_files(library: Library, tmp_path: Path, colour_photos: dict[str, str],
                                         fake_encoder: FakeEncoder) -> None:
     photos = tmp_path / "photos"

@@ -39,7 +39,7 @@ from clipsearch.index import VectorIndex
 from clipsearch.moves import store_moves, store_twins
 from clipsearch.pipeline.encode import encode_batch, encode_files, pixel_spec_of
 from clipsearch.pipeline.faults import FILE, READ, RUNTIME, SYSTEMATIC_MIN, check_systematic
-from clipsearch.pipeline.plan import IndexReport, SkippedFile, SyncPlan, plan_sync
+from clipsearch.pipeline.plan import IndexReport, SkippedFile, StageClock, SyncPlan, plan_sync
 from clipsearch.pipeline.read import Decoded, read_facts_only, read_file
 from clipsearch.pipeline.store import FileResult, store_chunk
 from clipsearch.scan import FileRecord
@@ -135,12 +135,14 @@ class Indexer:
         plan = plan_sync(self.catalog, root, exclude=exclude, allow_empty=allow_empty, retry_failed=retry_failed,
                          defer=defer)
         report, known, gone, todo = plan.report, plan.known, plan.gone, plan.todo
+        clock = StageClock(report.stages)  # plan_sync timed its own stages
 
         if plan.matches:
             self._index_behind = True
             report.moved, report.copied = store_moves(self.catalog, self.index, plan.matches, self.index.dim)
             report.added += report.copied
             self._index_behind = False
+            clock.lap("store_moves")
         if gone:
             gone_ids = self.catalog.with_frames([row.id for row in gone])  # a video's frames go with it
             self._index_behind = True
@@ -149,15 +151,19 @@ class Indexer:
             self._index_behind = False
             report.removed = len(gone)
             log.info("removed %d files no longer under %s", len(gone), root)
+            clock.lap("remove")
 
         try:
-            self._encode_all(todo, known, report, progress)
+            if todo:
+                self._encode_all(todo, known, report, progress)
+                clock.lap("encode")
             if plan.matches.twins and not report.interrupted:
                 self._index_behind = True
                 twins = store_twins(self.catalog, self.index, plan.matches.twins, self.index.dim)
                 self._index_behind = False
                 report.added += twins
                 report.copied += twins
+                clock.lap("store_twins")
         except KeyboardInterrupt:
             report.interrupted = True
             raise
@@ -166,10 +172,13 @@ class Indexer:
             # the catalog's generation; left as it was on disk, it is reconciled at the next open.
             if (gone or todo or plan.matches.copies or plan.matches.twins) and not self._index_behind:
                 self.save_index()
+                clock.lap("save_index")
             report.seconds = time.monotonic() - started
         if not report.interrupted:
             report.backfilled = self.backfill_facts(root, progress=progress)
+            clock.lap("backfill")
             report.seconds = time.monotonic() - started
+        log.info("%s: synced in %.2f s: %s", root, report.seconds, report.stage_summary())
         return report
 
     def _encode_all(self, todo: list[FileRecord], known: dict, report: IndexReport, progress: bool) -> None:
@@ -392,5 +401,6 @@ class _DecodeStream:
 __all__ = [
     "BACKFILL_IMAGE_SIZE", "DECODER_CRASHED", "DECODER_KILLED", "DECODE_TIMED_OUT", "DECODE_TIMEOUT_S", "FILE",
     "IndexReport", "Indexer", "MIN_EARLY_BATCH", "PROCESS_MIN_FILES", "READ", "RUNTIME", "SYSTEMATIC_MIN",
-    "SkippedFile", "SyncPlan", "backfill_facts", "check_systematic", "default_decode_workers", "plan_sync",
+    "SkippedFile", "StageClock", "SyncPlan",
+    "backfill_facts", "check_systematic", "default_decode_workers", "plan_sync",
 ]

@@ -309,12 +309,15 @@ class Library:
             if report.moved:  # a renamed root: the old name has nothing left and is not there
                 roots = {r for r in roots if r == report.root or os.path.isdir(r) or self.catalog.images_under(r)}
             self.catalog.set_meta("roots", sorted(roots))
-            self.catalog.set_meta("last_report", report.to_dict())
+            clock = indexing.StageClock(report.stages)
             try:
                 self.indexes.fit()
             except IndexConfigError as exc:
                 # The photos are indexed; only the index choice failed (a budget the grown library no longer fits).
                 log.warning("%s; keeping the %s index", exc, self.vector_index.describe())
+            finally:
+                clock.lap("fit_index")
+                self.catalog.set_meta("last_report", report.to_dict())
         return report
 
     def held_precision(self) -> str | None:
