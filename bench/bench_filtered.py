@@ -8,12 +8,13 @@ three file types, one photo in ten without EXIF; the index `auto` picks, built a
 a library builds it), then for filters `after:DATE` letting 0.1 %, 1 %, 10 % and 50 % of
 the photos through measures, per query, one at a time:
 
-* **total**: what a filtered query costs before its hits are read: `Searcher.id_set` (the
-  filter resolved over in-memory columns, `clipsearch.filter_columns`) then
-  `Searcher.nearest` with that set (exact search over the set's stored vectors when it
-  holds at most `EXACT_FILTER_MAX` ids, the index with a FAISS bitmap selector, or for
-  `BROAD_FILTER` and more a deeper search filtered after), timed together;
-* its parts, **ids** and **search**, timed apart;
+* **total**: what a filtered query costs before its hits are read: **ids**,
+  `Searcher.id_set` (the filter resolved over in-memory columns,
+  `clipsearch.filter_columns`), then **search**, `Searcher.nearest` with that set (exact
+  search over the set's stored vectors when it holds at most `EXACT_FILTER_MAX` ids, the
+  index with a FAISS bitmap selector, or for `BROAD_FILTER` and more a deeper search
+  filtered after); the p50 of each of the three, over the same calls; **total CPU**: the
+  process's CPU time in those calls (what they cost a core, whatever the wait for one);
 * **run**: `Searcher.run` end to end (id set, search, the hits' paths and facts);
 * **sql**: the same id set from SQLite (`Catalog.ids_where`, the source of truth, which
   `id_set` must equal: checked on every row);
@@ -141,6 +142,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the library folders for another run")
     ap.add_argument("--build-only", action="store_true", help="build the library folders (kept) and stop")
     args = ap.parse_args()
+    from clipsearch.runtime import configure_process
+
+    configure_process()  # OMP_WAIT_POLICY=PASSIVE before faiss loads, as the clipsearch command and the UI do
     if args.build_only:
         for n in args.n:
             build(Path(args.data) / f"n{n}", n, args.dim)[0].close()
@@ -154,7 +158,7 @@ def main() -> None:
         return 1000 * float(np.median(values)) if values else float("nan")
 
     print(f"# {machine()}; load at start {os.getloadavg()[0]:.1f}; EXACT_FILTER_MAX {EXACT_FILTER_MAX}, "
-          f"BROAD_FILTER {BROAD_FILTER}", flush=True)
+          f"BROAD_FILTER {BROAD_FILTER}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     rows_other: list[str] = []
     for n in args.n:
         folder = Path(args.data) / f"n{n}"
@@ -172,33 +176,34 @@ def main() -> None:
               flush=True)
         ts = searcher.filter_columns.numeric("taken_ts")
         ts = ts[~np.isnan(ts)]
-        print("| n | filter lets through | ids | **total p50 ms** | ids p50 ms | search p50 ms | run p50 ms "
-              "| sql p50 ms | bitmap p50 ms | batch p50 ms | exact p50 ms | unfiltered p50 ms | total / unfiltered "
-              "| **recall@10** | bitmap recall@10 | load |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        print("| n | filter lets through | ids | **total p50 ms** | total CPU p50 ms | ids p50 ms | search p50 ms "
+              "| run p50 ms | sql p50 ms | bitmap p50 ms | batch p50 ms | exact p50 ms | unfiltered p50 ms "
+              "| total / unfiltered | **recall@10** | bitmap recall@10 | load |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for fraction in SELECTIVITIES:
             cut = float(np.quantile(ts, 1 - fraction))
             day = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=cut)
             filters = Filters(after=day.strftime("%Y-%m-%dT%H:%M"))
             where, params = filters_where(filters)
             query = Query(filters=filters)
-            times: dict[str, list[float]] = {k: [] for k in ("total", "ids", "search", "run", "sql", "bitmap", "batch",
-                                                             "exact", "unfiltered")}
+            times: dict[str, list[float]] = {k: [] for k in ("total", "cpu", "ids", "search", "run", "sql", "bitmap",
+                                                             "batch", "exact", "unfiltered")}
             found: dict[str, list[np.ndarray]] = {"auto": [], "bitmap": []}
             id_set = searcher.id_set(filters)
             sql_ids = lib.catalog.ids_where(where, params)
             assert np.array_equal(id_set.ids, np.unique(sql_ids)), "in-memory filter differs from the SQL"
             for i, q in enumerate(queries):
-                t0 = time.perf_counter()
-                got = searcher.nearest(q, 10, searcher.id_set(filters))
-                times["total"].append(time.perf_counter() - t0)
-                found["auto"].append(got[1][0])
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 id_set = searcher.id_set(filters)
-                times["ids"].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                searcher.nearest(q, 10, id_set)
-                times["search"].append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                got = searcher.nearest(q, 10, id_set)
+                t2 = time.perf_counter()
+                times["cpu"].append(time.process_time() - c0)
+                times["total"].append(t2 - t0)
+                times["ids"].append(t1 - t0)
+                times["search"].append(t2 - t1)
+                found["auto"].append(got[1][0])
                 t0 = time.perf_counter()
                 searcher.run(query, 10, vector=q)
                 times["run"].append(time.perf_counter() - t0)
@@ -225,7 +230,7 @@ def main() -> None:
             p = {k: p50(v) for k, v in times.items()}
             rec = {k: recall_at_k(np.stack(v), truth, 10) for k, v in found.items()}
             cell = {k: f"{v:.1f}" if v == v else "—" for k, v in p.items()}
-            print(f"| {n:,} | {100 * fraction:g} % | {len(id_set):,} | **{cell['total']}** | {cell['ids']} | "
+            print(f"| {n:,} | {100 * fraction:g} % | {len(id_set):,} | **{cell['total']}** | {cell['cpu']} | {cell['ids']} | "
                   f"{cell['search']} | {cell['run']} | {cell['sql']} | {cell['bitmap']} | {cell['batch']} | "
                   f"{cell['exact']} | {cell['unfiltered']} | {p['total'] / p['unfiltered']:.1f}x | "
                   f"**{rec['auto']:.3f}** | {rec['bitmap']:.3f} | {os.getloadavg()[0]:.1f} |", flush=True)

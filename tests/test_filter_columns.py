@@ -107,7 +107,11 @@ def _random_filters(rng: random.Random) -> Filters:
     return Filters(**chosen)
 
 
-def test_in_memory_filters_give_the_sql_ids(catalog: Catalog) -> None:
+@pytest.mark.parametrize("few_codes", [4, 0])
+def test_in_memory_filters_give_the_sql_ids(catalog: Catalog, few_codes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import clipsearch.filter_columns
+
+    monkeypatch.setattr(clipsearch.filter_columns, "FEW_CODES", few_codes)  # 0: every match by a table lookup
     rng = random.Random(0)
     columns = FilterColumns(catalog)
     matched = 0

@@ -18,8 +18,9 @@ SQLite's BINARY collation over UTF-8; a `near:` distance within a rounding error
 radius is recomputed with the very function SQLite calls.
 
 Memory: 8 bytes per id for each numeric column a filter has read (taken_ts, gps_lat,
-gps_lon, focal lengths) and 4 for each text column (its values are codes into a sorted
-vocabulary of the distinct values): 8 MB for the date of a million photos.
+gps_lon, focal lengths) and 1, 2 or 4 for each text column (its values are codes into a
+sorted vocabulary of its distinct values): 8 MB for the date of a million photos, 1 MB for
+their camera.
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ __all__ = ["FilterColumns"]
 log = logging.getLogger(__name__)
 
 _PATH_DIR = "path/"  # pseudo column: the folder of each path, with its trailing "/"
+# Matching at most this many distinct values of a text column compares the codes with each;
+# more, looks every row's code up in a table of the values (one gather, whatever their number).
+FEW_CODES = 4
 
 
 class _Text:
@@ -60,8 +64,14 @@ class _Text:
 
     def where(self, codes: Sequence[int]) -> np.ndarray:
         """Rows whose code is one of `codes`."""
+        codes = sorted(set(codes))
+        if len(codes) <= FEW_CODES:  # a few comparisons over the codes are faster than a gather
+            out = np.zeros(len(self.codes), np.bool_)
+            for c in codes:
+                out |= self.codes == c
+            return out
         table = np.zeros(len(self.vocab) + 1, np.bool_)  # the last entry, False, is what code -1 reads
-        table[list(codes)] = True
+        table[codes] = True
         return table[self.codes]
 
     def in_range(self, lo: str, hi: str) -> np.ndarray:
@@ -113,8 +123,12 @@ class FilterColumns:
         """The column as float64 by id: NaN for NULL (and for ids not in use), +inf for a non-number.
 
         SQLite orders any text or blob after every number, which +inf reproduces for the
-        comparisons filters make.
+        comparisons filters make. Current: reloaded when the catalog changed.
         """
+        self._refresh()
+        return self._numeric_column(column)
+
+    def _numeric_column(self, column: str) -> np.ndarray:
         arr = self._numeric.get(column)
         if arr is None:
             arr = np.full(self._size, np.nan)
@@ -130,6 +144,10 @@ class FilterColumns:
 
     def text(self, column: str) -> _Text:
         """The column as codes by id into its sorted distinct values; -1 for NULL, ids not in use and blobs."""
+        self._refresh()
+        return self._text_column(column)
+
+    def _text_column(self, column: str) -> _Text:
         col = self._text.get(column)
         if col is None:
             codes = np.full(self._size, -1, np.int32)
@@ -146,6 +164,11 @@ class FilterColumns:
                 vocab = sorted(set(values))
                 index = {v: i for i, v in enumerate(vocab)}
                 codes[ids] = np.fromiter((index[v] for v in values), np.int32, len(values))
+            # The narrowest type that holds the codes: a camera or a country is one byte a photo.
+            for small in (np.int8, np.int16):
+                if len(vocab) <= np.iinfo(small).max:
+                    codes = codes.astype(small)
+                    break
             col = self._text[column] = _Text(codes, vocab)
         return col
 
@@ -181,32 +204,32 @@ class FilterColumns:
                 mask &= m
 
         if filters.after is not None:
-            both(self.numeric("taken_ts") >= filters.after.seconds)
+            both(self._numeric_column("taken_ts") >= filters.after.seconds)
         if filters.before is not None:
-            both(self.numeric("taken_ts") < filters.before.seconds)
+            both(self._numeric_column("taken_ts") < filters.before.seconds)
         if filters.places:
             keys = [fold(name) or "" for name in filters.places]
             codes = [name.upper() for name in filters.places if len(name) == 2 and name.isalpha()]
-            m = self.text("city_key").among(keys) | self.text("region_key").among(keys) \
-                | self.text("country_key").among(keys)
+            m = self._text_column("city_key").among(keys) | self._text_column("region_key").among(keys) \
+                | self._text_column("country_key").among(keys)
             if codes:
-                m |= self.text("country_code").among(codes)
+                m |= self._text_column("country_code").among(codes)
             both(m)
         if filters.countries:
-            m = self.text("country_key").among([fold(name) or "" for name in filters.countries])
+            m = self._text_column("country_key").among([fold(name) or "" for name in filters.countries])
             codes = [name.upper() for name in filters.countries if len(name) == 2 and name.isalpha()]
             if codes:
-                m |= self.text("country_code").among(codes)
+                m |= self._text_column("country_code").among(codes)
             both(m)
         if filters.cameras:
-            cam, model = self.text("camera_key"), self.text("model_key")
+            cam, model = self._text_column("camera_key"), self._text_column("model_key")
             m = np.zeros(self._size, np.bool_)
             for name in filters.cameras:
                 key = fold(name) or ""
                 m |= cam.in_range(key, key + "\uffff") | model.in_range(key, key + "\uffff")
             both(m)
         if filters.lenses:
-            lens = self.text("lens_key")
+            lens = self._text_column("lens_key")
             compact_vocab = [v.replace(" ", "") for v in lens.vocab]
             wanted: set[int] = set()
             m = np.zeros(self._size, np.bool_)
@@ -217,13 +240,13 @@ class FilterColumns:
                 if mm:
                     focal = float(mm.group(1))
                     for column in ("focal_length", "focal_length_35mm"):
-                        values = self.numeric(column)
+                        values = self._numeric_column(column)
                         m |= (values >= focal - 0.5) & (values <= focal + 0.5)
             both(m | lens.where(sorted(wanted)))
         if filters.types:
-            both(self.text("file_type").among(list(filters.types)))
+            both(self._text_column("file_type").among(list(filters.types)))
         if filters.folders:
-            dirs = self.text(_PATH_DIR)
+            dirs = self._text_column(_PATH_DIR)
             m = np.zeros(self._size, np.bool_)
             for folder in filters.folders:
                 folder = folder.rstrip("/") or "/"
@@ -234,7 +257,7 @@ class FilterColumns:
         if filters.near is not None:
             both(self._near(filters))
         if mask is None:  # nothing filtered: every id in use (every row has a path)
-            mask = self.text(_PATH_DIR).codes >= 0
+            mask = self._text_column(_PATH_DIR).codes >= 0
         frame_ids, videos, has_time = self._video_frames()
         if len(frame_ids):
             # A matching video's further frames match with it (its facts are on its own row).
@@ -245,7 +268,7 @@ class FilterColumns:
     def _near(self, filters: Filters) -> np.ndarray:
         near = filters.near
         assert near is not None
-        lat, lon = self.numeric("gps_lat"), self.numeric("gps_lon")
+        lat, lon = self._numeric_column("gps_lat"), self._numeric_column("gps_lon")
         box = near_box(near)
         m = (lat >= box.lat_lo) & (lat <= box.lat_hi)
         if box.lon_lo is not None and box.lon_hi is not None:

@@ -244,7 +244,8 @@ class Searcher:
 
         needs_metadata = filters.after or filters.before or filters.places or filters.countries or filters.cameras \
             or filters.lenses or filters.types or filters.near
-        if needs_metadata and not all(name in self.catalog.fact_columns for name, _ in METADATA_COLUMNS):
+        have = self.catalog.fact_columns
+        if needs_metadata and not all(name in have for name, _ in METADATA_COLUMNS):
             raise QueryError("this library has no photo metadata yet: run `clipsearch index` on its folders once "
                              "(it reads the metadata of the photos already indexed, without re-encoding them)")
         return self.filter_columns.id_set(filters)
