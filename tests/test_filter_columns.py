@@ -107,11 +107,14 @@ def _random_filters(rng: random.Random) -> Filters:
     return Filters(**chosen)
 
 
-@pytest.mark.parametrize("few_codes", [4, 0])
-def test_in_memory_filters_give_the_sql_ids(catalog: Catalog, few_codes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("few_codes, grouped_max", [(4, 256), (0, 0)])
+def test_in_memory_filters_give_the_sql_ids(catalog: Catalog, few_codes: int, grouped_max: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import clipsearch.filter_columns
 
-    monkeypatch.setattr(clipsearch.filter_columns, "FEW_CODES", few_codes)  # 0: every match by a table lookup
+    # (0, 0): every match by a table lookup, every text column read row by row.
+    monkeypatch.setattr(clipsearch.filter_columns, "FEW_CODES", few_codes)
+    monkeypatch.setattr(clipsearch.filter_columns, "GROUPED_MAX", grouped_max)
     rng = random.Random(0)
     columns = FilterColumns(catalog)
     matched = 0

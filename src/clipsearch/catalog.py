@@ -281,6 +281,41 @@ class Catalog:
         ids, values = zip(*rows)
         return np.asarray(ids, np.int64), list(values)
 
+    def numeric_column(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, float64 values) of a fact column's numbers, and the ids whose value is text or a blob.
+
+        Read straight into numpy, for in-memory filters (`clipsearch.filter_columns`).
+        """
+        if column not in self._fact_columns:
+            raise CatalogError(f"the catalog {self.path} has no fact column {column!r}")
+        pairs = np.fromiter(self._db.execute(
+            f'SELECT id, "{column}" FROM images WHERE typeof("{column}") IN (\'real\', \'integer\')'),
+            dtype=[("id", np.int64), ("value", np.float64)])
+        others = np.fromiter((r[0] for r in self._db.execute(
+            f'SELECT id FROM images WHERE typeof("{column}") IN (\'text\', \'blob\')')), np.int64)
+        return pairs["id"], pairs["value"], others
+
+    def text_groups(self, column: str, max_values: int) -> list[tuple[str, np.ndarray]] | None:
+        """[(value, ids)] for each distinct text value of an indexed fact column, read from its index.
+
+        None when the column has no index of its own or more than `max_values` distinct
+        values (then `column_values` reads it row by row).
+        """
+        if column not in self._fact_columns or self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='index' AND name=?", (f"images_{column}",)).fetchone() is None:
+            return None
+        values = [r[0] for r in self._db.execute(
+            f'SELECT DISTINCT "{column}" FROM images WHERE "{column}" IS NOT NULL LIMIT ?', (max_values + 1,))]
+        if len(values) > max_values:
+            return None
+        out = []
+        for value in values:
+            if isinstance(value, str):
+                ids = np.fromiter((r[0] for r in self._db.execute(
+                    f'SELECT id FROM images WHERE "{column}" = ?', (value,))), np.int64)
+                out.append((value, ids))
+        return out
+
     def max_id(self) -> int:
         """The largest image id in use (0 for an empty catalog)."""
         return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0])

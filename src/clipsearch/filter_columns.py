@@ -46,6 +46,9 @@ _PATH_DIR = "path/"  # pseudo column: the folder of each path, with its trailing
 # Matching at most this many distinct values of a text column compares the codes with each;
 # more, looks every row's code up in a table of the values (one gather, whatever their number).
 FEW_CODES = 4
+# A text column with at most this many distinct values (and an index) is read value by value
+# from its index, ids only: 4x faster than row by row (0.8 s against 3 s for a city at 1M).
+GROUPED_MAX = 256
 
 
 class _Text:
@@ -133,12 +136,14 @@ class FilterColumns:
         if arr is None:
             arr = np.full(self._size, np.nan)
             if column in self.catalog.fact_columns:
-                ids, values = self._values(column)
-                floats = np.asarray(values)
-                if floats.dtype.kind not in "fiu":  # a text or blob among the numbers
-                    floats = np.array([float(v) if isinstance(v, (int, float)) else math.inf for v in values],
-                                      dtype=np.float64)
-                arr[ids] = floats.astype(np.float64, copy=False)
+                started = time.perf_counter()
+                ids, values, others = self.catalog.numeric_column(column)
+                keep = ids < self._size  # rows added since the version was read: the next query reloads
+                arr[ids[keep]] = values[keep]
+                arr[others[others < self._size]] = math.inf
+                self.loads += 1
+                log.debug("filter column %s: %d values loaded in %.0f ms", column, len(ids),
+                          1000 * (time.perf_counter() - started))
             self._numeric[column] = arr
         return arr
 
@@ -153,7 +158,14 @@ class FilterColumns:
             codes = np.full(self._size, -1, np.int32)
             vocab: list[str] = []
             source = "path" if column == _PATH_DIR else column
-            if source == "path" or source in self.catalog.fact_columns:
+            groups = self.catalog.text_groups(column, GROUPED_MAX) if column != _PATH_DIR else None
+            if groups is not None:  # few values (a camera, a country): each one's ids from the column's index
+                self.loads += 1
+                vocab = sorted(v for v, _ in groups)
+                rank = {v: i for i, v in enumerate(vocab)}
+                for value, ids in groups:
+                    codes[ids[ids < self._size]] = rank[value]
+            elif source == "path" or source in self.catalog.fact_columns:
                 ids, values = self._values(source)
                 if column == _PATH_DIR:
                     values = [v[:v.rfind("/") + 1] for v in values]
