@@ -65,6 +65,20 @@ def test_a_burst_is_a_moment_and_the_same_caption_drawn_again_is_nothing(scene: 
     assert compare(_sig(shots[0]), _sig(again)).level is None
 
 
+def test_the_rule_tells_a_moment_by_what_moved_and_what_stayed() -> None:
+    from clipsearch.duplicates.pixels import rule
+
+    assert rule(0.95, 0.9, 0, 0.05)[0] == "copy"
+    assert rule(0.8, 0.2, 20, 0.5)[0] == "moment"           # much moved, the rest mostly there
+    assert rule(0.8, 0.5, 8, 0.2)[0] == "moment"            # a little moved, nothing else changed
+    # A little moved and a good deal changed: one drawing only when a third of it is untouched
+    # (a scene drawn again never leaves that much unchanged to the noise).
+    assert rule(0.85, 0.40, 12, 0.43)[0] == "moment"
+    assert rule(0.85, 0.14, 12, 0.43)[0] is None
+    assert rule(0.5, 0.5, 20, 0.3)[0] is None               # not one view
+    assert rule(0.8, 0.0, 3, 0.9) == (None, "different content")
+
+
 def test_render_series_first_shot_is_render(scene: tw.Scene) -> None:
     shots = tw.render_series(scene, np.random.default_rng(5), 3, 128)
     assert np.array_equal(np.asarray(shots[0]), np.asarray(tw.render(scene, np.random.default_rng(5), 128)))

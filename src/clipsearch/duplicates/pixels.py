@@ -23,8 +23,9 @@ resized, re-encoded, cropped, rotated, retouched or captioned copy of the other)
 Copy: at most `COPY_MAX_MOVED` moved blocks, NCC >= `COPY_MIN_NCC` once aligned, at most
 `COPY_MAX_CHANGED` of the structure changed. Moment: NCC >= `MOMENT_MIN_NCC` and either
 `MOMENT_MIN_MOVED` moved blocks with at most `MOMENT_MAX_CHANGED` changed, or
-`MOMENT_FEW_MOVED` with at most `MOMENT_FEW_CHANGED`. docs/duplicates.md has the rule and
-its measured quality.
+`MOMENT_FEW_MOVED` with at most `MOMENT_FEW_CHANGED`, or `MOMENT_FEW_MOVED` with at most
+`MOMENT_MAX_CHANGED` changed where at least `MOMENT_SAME_DRAWING` of the structure is
+unchanged. docs/duplicates.md has the rule and its measured quality.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ MOMENT_MIN_MOVED = 14    # a moment has objects that moved ...
 MOMENT_MIN_NCC = 0.6     # ... in one view ...
 MOMENT_MAX_CHANGED = 0.65  # ... where most of the structure is unchanged or moved;
 MOMENT_FEW_MOVED = 7     # or fewer moved blocks in a view where almost
-MOMENT_FEW_CHANGED = 0.25  # nothing else changed
+MOMENT_FEW_CHANGED = 0.25  # nothing else changed,
+MOMENT_SAME_DRAWING = 0.32  # or where this much of the structure is unchanged to the noise: the same
+                            # drawing, which a picture drawn again never is (set on seed 1, see docs)
 TRIM = 0.6           # alignment fits the best-matching 60 % of pixels: movers and overlays are outliers
 MOTION_FIT = 1.5     # a moved block, shifted back, is within this many times its tolerance
 
@@ -476,14 +479,18 @@ def compare(a: Signature, b: Signature, *, max_hash_gap: int = 4) -> PairEvidenc
     if ncc < MIN_ALIGN_NCC or crop < MIN_CROP ** 2 * 0.95:
         return PairEvidence(None, dists[deg], deg, crop, ncc, 0.0, 0, 1.0, f"no alignment (ncc {ncc:.2f})")
     unchanged, moved, changed = _residual(_warp(src, box, SIDE, SIDE), tgt)
-    level = None
-    if moved <= COPY_MAX_MOVED and ncc >= COPY_MIN_NCC and changed <= COPY_MAX_CHANGED:
-        level, reason = "copy", "same picture"
-    elif ncc >= MOMENT_MIN_NCC and (moved >= MOMENT_MIN_MOVED and changed <= MOMENT_MAX_CHANGED
-                                    or moved >= MOMENT_FEW_MOVED and changed <= MOMENT_FEW_CHANGED):
-        level, reason = "moment", "same view, something moved"
-    elif moved > COPY_MAX_MOVED:
-        reason = "something moved, but too much else differs"
-    else:
-        reason = "different content"
+    level, reason = rule(ncc, unchanged, moved, changed)
     return PairEvidence(level, dists[deg], deg, crop, ncc, unchanged, moved, changed, reason)
+
+
+def rule(ncc: float, unchanged: float, moved: int, changed: float) -> tuple[str | None, str]:
+    """(level, reason) of an aligned pair from its residual blocks (the table in docs/duplicates.md)."""
+    if moved <= COPY_MAX_MOVED and ncc >= COPY_MIN_NCC and changed <= COPY_MAX_CHANGED:
+        return "copy", "same picture"
+    if ncc >= MOMENT_MIN_NCC and moved >= MOMENT_FEW_MOVED and (
+            changed <= MOMENT_FEW_CHANGED
+            or changed <= MOMENT_MAX_CHANGED and (moved >= MOMENT_MIN_MOVED or unchanged >= MOMENT_SAME_DRAWING)):
+        return "moment", "same view, something moved"
+    if moved > COPY_MAX_MOVED:
+        return None, "something moved, but too much else differs"
+    return None, "different content"
