@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
@@ -57,8 +58,8 @@ class IndexReport:
     attempted: int = 0  # files this run tried to decode and encode
     retried_failures: int = 0  # stored failures tried again (--retry-failed, or a new decoder stack)
     backfilled: int = 0  # unchanged files whose facts were read again (see clipsearch.facts)
-    # Where the run's time went, stage by stage (`StageClock`): {"scan": {"seconds": wall,
-    # "cpu_seconds": CPU of this process and its reaped decode workers}, ...}, in run order.
+    # Where the run's time went, stage by stage, in run order (`StageClock`): {"scan": {"seconds":
+    # wall, "cpu_seconds", "system_seconds", "major_faults"}, ...}, this process and its decode workers.
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -88,8 +89,9 @@ class IndexReport:
         return f"{self.root}: " + ", ".join(parts) + f" in {self.seconds:.1f}s"
 
     def stage_summary(self) -> str:
-        """The stages' times on one line: 'scan 0.41 s (0.38 s CPU), diff 0.05 s (0.05 s CPU), ...'."""
-        return ", ".join(f"{name} {t['seconds']:.2f} s ({t['cpu_seconds']:.2f} s CPU)"
+        """The stages' times on one line: 'scan 0.41 s (CPU 0.38 s, system 0.20 s, 0 page-ins), ...'."""
+        return ", ".join(f"{name} {t['seconds']:.2f} s (CPU {t['cpu_seconds']:.2f} s, system "
+                         f"{t.get('system_seconds', 0):.2f} s, {t.get('major_faults', 0)} page-ins)"
                          for name, t in self.stages.items())
 
     @property
@@ -103,12 +105,16 @@ class IndexReport:
 
 
 class StageClock:
-    """Times consecutive stages of a run into a report's `stages`: wall seconds, and CPU seconds.
+    """Times consecutive stages of a run into a report's `stages`.
 
-    The CPU is this process's (all threads) plus that of its child processes once reaped
-    (decode workers are, when their stage closes its pool): a stage that took long in wall
-    time but little CPU waited (for the cores, the disk, a lock), one whose CPU is as long
-    did work. A stage timed twice adds up.
+    Each stage gets `seconds` (wall), `cpu_seconds` (user + system), `system_seconds` (the
+    kernel's part: file system, page reclaim under memory pressure) and `major_faults`
+    (pages read back from disk, e.g. code evicted by memory pressure), counting this
+    process (all threads) and its child processes once reaped (decode workers are, when
+    their stage closes its pool). A stage whose wall time far exceeds its CPU waited (for
+    the cores, the disk, a lock); one whose CPU is as long worked, in Python or native
+    code when it is user time, in the kernel when it is system time. A stage timed twice
+    adds up.
     """
 
     def __init__(self, stages: dict[str, dict[str, float]]) -> None:
@@ -118,15 +124,17 @@ class StageClock:
     def lap(self, stage: str) -> None:
         """Record the time since the previous lap (or the clock's start) as `stage`."""
         now = _clock()
-        old = self.stages.get(stage, {"seconds": 0.0, "cpu_seconds": 0.0})
-        self.stages[stage] = {"seconds": round(old["seconds"] + now[0] - self._last[0], 4),
-                              "cpu_seconds": round(old["cpu_seconds"] + now[1] - self._last[1], 4)}
+        old = self.stages.get(stage, {})
+        self.stages[stage] = {key: round(old.get(key, 0) + now[key] - self._last[key], 4) for key in now}
+        self.stages[stage]["major_faults"] = int(self.stages[stage]["major_faults"])
         self._last = now
 
 
-def _clock() -> tuple[float, float]:
-    children = os.times()  # reaped child processes: 10 ms ticks; this process's own CPU to the microsecond
-    return time.monotonic(), time.process_time() + children.children_user + children.children_system
+def _clock() -> dict[str, float]:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    system = own.ru_stime + children.ru_stime
+    return {"seconds": time.monotonic(), "cpu_seconds": own.ru_utime + children.ru_utime + system,
+            "system_seconds": system, "major_faults": own.ru_majflt + children.ru_majflt}
 
 
 MOUNTS_META = "mounts"  # catalog meta: {root: [mount points under it seen by the last sync]}
