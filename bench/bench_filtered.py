@@ -1,6 +1,7 @@
 """Filtered search at scale: a filter resolved to an id set, then the vector search among those ids.
 
-    python bench/bench_filtered.py --n 100000 1000000 --queries 100
+    python bench/bench_filtered.py --n 100000 1000000 --build-only          # the library folders, once
+    python bench/bench_filtered.py --n 100000 1000000 --queries 100 --keep
 
 Builds a real library folder per size (a catalog of CLIP-like vectors from bench/common.py
 with synthetic metadata: capture times over ten years, five cameras, five cities with GPS,
