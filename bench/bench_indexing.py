@@ -124,7 +124,6 @@ def ceiling(encode: Callable[[Any], Any], count: int, batch_size: int, size: int
 def clipsearch_index(encoder: Any, photos: str, **indexer_args: Any) -> tuple[float, dict[str, float]]:
     """Library.index into a fresh library folder; returns (seconds, time inside parts of the sync)."""
     import clipsearch.indexer
-    import clipsearch.library
     from clipsearch import Library
 
     spent = {"store": 0.0, "encode": 0.0}
@@ -148,13 +147,13 @@ def clipsearch_index(encoder: Any, photos: str, **indexer_args: Any) -> tuple[fl
         finally:
             spent["encode"] += time.perf_counter() - t
 
-    real_indexer = clipsearch.library.Indexer
+    real_indexer = clipsearch.indexer.Indexer
     folder = tempfile.mkdtemp(prefix="clipsearch-bench-lib-")
     try:
         if timed:
             clipsearch.indexer.Indexer._store_chunk, clipsearch.indexer.Indexer._encode = store, encode
         if indexer_args:
-            clipsearch.library.Indexer = lambda *a, **k: real_indexer(*a, **{**k, **indexer_args})
+            clipsearch.indexer.Indexer = lambda *a, **k: real_indexer(*a, **{**k, **indexer_args})
         with Library.open(folder, encoder=encoder) as lib:
             started = time.perf_counter()
             report = lib.index(photos)
@@ -163,7 +162,7 @@ def clipsearch_index(encoder: Any, photos: str, **indexer_args: Any) -> tuple[fl
     finally:
         if timed:
             clipsearch.indexer.Indexer._store_chunk, clipsearch.indexer.Indexer._encode = real_store, real_encode
-        clipsearch.library.Indexer = real_indexer
+        clipsearch.indexer.Indexer = real_indexer
         shutil.rmtree(folder, ignore_errors=True)
     return seconds, (spent if timed else {})
 

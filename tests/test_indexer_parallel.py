@@ -17,7 +17,7 @@ import pytest
 from fakes import FakeEncoder, write_colour_photos
 from PIL import Image
 
-import clipsearch.library
+import clipsearch.indexer
 from clipsearch import ImageLoadError, Library, ModelError
 from clipsearch.encoder import ClipEncoder, load_encoder
 from clipsearch.images import load_image
@@ -73,7 +73,7 @@ def photos(tmp_path: Path) -> dict[str, str]:
 
 def _index(tmp_path: Path, name: str, encoder, photos_dir: Path, monkeypatch: pytest.MonkeyPatch,
            **indexer_args) -> tuple[IndexReport, dict[str, np.ndarray]]:
-    monkeypatch.setattr(clipsearch.library, "Indexer", functools.partial(Indexer, **indexer_args))
+    monkeypatch.setattr(clipsearch.indexer, "Indexer", functools.partial(Indexer, **indexer_args))
     with Library.open(tmp_path / name, encoder=encoder) as lib:
         report = lib.index(photos_dir)
         ids, vectors = lib.vectors()
@@ -118,7 +118,7 @@ def test_broken_files_are_skipped_with_the_loaders_reasons(
 
 def test_the_catalog_keeps_the_photos_own_size(
         tiny: ClipEncoder, tmp_path: Path, photos: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clipsearch.library, "Indexer", functools.partial(Indexer, processes=True))
+    monkeypatch.setattr(clipsearch.indexer, "Indexer", functools.partial(Indexer, processes=True))
     with Library.open(tmp_path / "lib", encoder=tiny) as lib:
         lib.index(tmp_path / "photos")
         sizes = {name: (row.width, row.height) for name in ("photo0", "rotated", "alpha")
