@@ -101,3 +101,31 @@ def test_image_to_image_date_order_does_not_measure_against_the_query_image(colo
     hits = lib.search_image(first.id, k=50, query="sort:date")
     names = [Path(h.path).name for h in hits]
     assert Path(first.path).name not in names and sorted(names) == sorted(n for n in red if n != Path(first.path).name)
+
+
+def test_the_calibration_is_kept_in_the_library_for_the_next_process(colour_library, tmp_path: Path) -> None:
+    from clipsearch.cutoff import CALIBRATION_FILE, load_calibration, save_calibration
+
+    lib, red = colour_library
+    lib.searcher.calibration = None
+    saved = lib.folder / CALIBRATION_FILE
+    saved.unlink(missing_ok=True)
+    first = [h.id for h in lib.search("red sort:date", k=50)]
+    assert saved.is_file()
+    made = lib.searcher.calibration
+    # A new process (a fresh Library on the same folder) reads it instead of encoding the background again.
+    encoder = FakeEncoder()
+    with Library.open(lib.folder, encoder=encoder, create=False) as again:
+        assert [h.id for h in again.search("red sort:date", k=50)] == first
+        assert encoder.texts_encoded == 1  # the query alone, not the 128 background captions
+        kept = again.searcher.calibration
+    assert kept.threshold == made.threshold and np.array_equal(kept.sample, made.sample)
+    # Made for another state of the library or another model, or damaged: not used.
+    tag = f"{encoder.name}|{encoder.pretrained}|{encoder.dim}"
+    assert load_calibration(saved, made.generation, tag) is not None
+    assert load_calibration(saved, made.generation + 1, tag) is None
+    assert load_calibration(saved, made.generation, "other|x|3") is None
+    saved.write_bytes(b"not an npz")
+    assert load_calibration(saved, made.generation, tag) is None
+    # A folder that cannot be written only costs the next process a calibration.
+    assert not save_calibration(made, tmp_path / "missing" / "folder" / CALIBRATION_FILE, tag)
