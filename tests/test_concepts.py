@@ -94,6 +94,40 @@ def test_a_concept_inside_a_sentence_uses_the_words_around_it(world) -> None:
         assert best_rank(lib.search(query, k=60)) <= best_rank(lib.search("bella", k=60))
 
 
+def test_a_large_library_composes_the_words_on_the_image_side(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test library is too small to be whitened (4 x 256 photos); pretend it is not, so the
+    # query path takes the route of a large library: the words around the name carried to the
+    # image side through the library's own nearest photos, then composed in units of spread.
+    from clipsearch import concepts
+
+    lib, labels, examples, _ = world
+    monkeypatch.setattr(concepts, "WHITEN_MIN_PER_DIM", 0)
+    bella = lib.add_concept("bella", examples, replace=True)
+    searcher = lib.searcher
+    space = searcher.library_space()
+    assert space.whitened and space.count == len(labels) and searcher.library_space() is space  # cached
+    near = searcher.neighbour_vectors(bella.vector, 4)
+    assert near.shape == (4, lib.dim)
+    np.testing.assert_allclose(near @ bella.vector, np.sort(near @ bella.vector)[::-1], atol=1e-6)  # best first
+    words = searcher.text_vector("on a road at night")
+    expected = concepts.compose([bella.vector, concepts.context_vector(words, space, searcher.neighbour_vectors)],
+                                space)
+    np.testing.assert_allclose(lib.query_vector("bella on a road at night"), expected, atol=1e-5)
+    top = lib.search("bella on a road at night", k=10)
+    assert any(_shows(labels, h.path) and labels[h.path].setting == "road" for h in top)
+    # The hits are the best photos by that vector, re-ranked so that they fit both parts.
+    parts = searcher.concept_parts("bella on a road at night")
+    assert parts is not None and len(parts) == 2
+    candidates = searcher.search_vector(expected, concepts.AND_DEPTH)
+    ids, vectors = lib.vectors([h.id for h in candidates])
+    fused = dict(zip(ids.tolist(), concepts.and_scores(vectors, parts, space)))
+    got = [fused[h.id] for h in top]
+    assert got == sorted(got, reverse=True) and got[-1] >= max(v for i, v in fused.items() if i not in
+                                                             {h.id for h in top})
+    assert searcher.concept_parts("bella") is None and searcher.concept_parts("a red car at night") is None
+    assert searcher.concept_parts("bella on a road + snow") is None  # arithmetic: the composed vector only
+
+
 def test_concept_arithmetic_and_image_terms(world) -> None:
     lib, labels, examples, _ = world
     lib.add_concept("bella", examples, replace=True)

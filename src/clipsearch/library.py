@@ -426,7 +426,7 @@ class Library:
             vectors.append(vec)
             sources.append(source)
         stacked = np.stack(vectors).astype(np.float32)
-        vector, params = build_concept(stacked, self._library_sample())
+        vector, params = build_concept(stacked, self.searcher.library_sample())
         signature = self.catalog.model_signature()
         if not self.catalog.put_concept(key, vector, stacked, sources, signature, params, replace=replace):
             raise ConceptError(f"concept {key!r} already exists: pass --replace (replace=True) to make it again "
@@ -459,14 +459,6 @@ class Library:
                 raise ConceptError(f"example {example} is neither an indexed photo '#ID' nor an image file")
             return self.searcher.image_vector(path), path
         return self.searcher.image_vector(example), "(image)"
-
-    def _library_sample(self) -> np.ndarray:
-        from clipsearch.concepts import LIBRARY_SAMPLE
-
-        ids = self.catalog.ok_ids()
-        if len(ids) > LIBRARY_SAMPLE:
-            ids = np.sort(np.random.default_rng(0).choice(ids, LIBRARY_SAMPLE, replace=False))
-        return self.catalog.vectors_of(ids.tolist(), self.dim)[1]
 
     def concepts(self) -> list[Concept]:
         """The library's personal concepts, by name (`stale` ones were made with another model)."""

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from clipsearch.catalog import Catalog
-from clipsearch.concepts import Concept, concept_from_row, resolve_text
+from clipsearch.concepts import (AND_DEPTH, Concept, LibrarySpace, and_scores, concept_from_row, find_names,
+                                 resolve_text, sentence_parts)
 from clipsearch.errors import QueryError
 from clipsearch.query import AUTO, Filters, Query, filters_where, parse
 from clipsearch.images import is_supported, load_image
@@ -169,6 +170,7 @@ class Searcher:
         self._texts_version = -1
         self._concepts: dict[str, Concept] = {}
         self._concepts_version = -1
+        self._space: LibrarySpace | None = None
         self.calibration: "Calibration | None" = None  # min:auto's cutoff for this library (clipsearch.cutoff)
         self.filter_columns = FilterColumns(catalog)  # filters resolved in memory, reloaded when the catalog changes
 
@@ -208,14 +210,65 @@ class Searcher:
             self._concepts_version = version
         return self._concepts
 
+    def library_sample(self) -> np.ndarray:
+        """The stored vectors of up to `concepts.LIBRARY_SAMPLE` indexed photos (a seeded sample), by id."""
+        from clipsearch.concepts import LIBRARY_SAMPLE
+
+        ids = self.catalog.ok_ids()
+        if len(ids) > LIBRARY_SAMPLE:
+            ids = np.sort(np.random.default_rng(0).choice(ids, LIBRARY_SAMPLE, replace=False))
+        return self.catalog.vectors_of(ids.tolist(), self.index.dim)[1]
+
+    def library_space(self) -> LibrarySpace:
+        """The spread of the library's image vectors (`concepts.LibrarySpace`), cached until the index grows or
+        shrinks by a twentieth."""
+        count = self.index.ntotal
+        if self._space is None or abs(count - self._space.count) > max(1, self._space.count) / 20:
+            self._space = LibrarySpace.from_sample(self.library_sample(), self.index.dim)
+        return self._space
+
+    def neighbour_vectors(self, vector: np.ndarray, k: int) -> np.ndarray:
+        """The stored vectors of the k indexed photos nearest to a unit vector, (at most k, dim)."""
+        _, ids = self.nearest(np.asarray(vector, np.float32), k)
+        found = [int(i) for i in ids[0] if i >= 0]
+        by_id = self.catalog.vectors_for(found, self.index.dim)
+        rows = [by_id[i] for i in found if i in by_id]
+        return np.stack(rows) if rows else np.zeros((0, self.index.dim), np.float32)
+
     def text_term_vector(self, text: str) -> np.ndarray:
         """The unit vector of a text term: personal concepts it names resolve first (`bella on a beach`)."""
         concepts = self.concepts()
-        if concepts:
-            vec = resolve_text(text, concepts, self.text_vector)
+        if concepts and find_names(text, concepts):
+            vec = resolve_text(text, concepts, self.text_vector, space=self.library_space(),
+                               neighbours=self.neighbour_vectors)
             if vec is not None:
                 return vec
         return self.text_vector(text)
+
+    def concept_parts(self, query: str) -> list[np.ndarray] | None:
+        """The parts of a query that is one concept-and-words term (`bella on a road at night`), else None.
+
+        See `concepts.sentence_parts`: each concept's vector and the words' image-side
+        vector; `run` re-ranks such a query's best photos so that they fit every part.
+        """
+        concepts = self.concepts()
+        if not concepts or not find_names(query, concepts):
+            return None
+        terms = parse_query(query)
+        if len(terms) != 1 or terms[0].text is None or terms[0].weight <= 0:
+            return None
+        return sentence_parts(terms[0].text, concepts, self.text_vector, self.library_space(),
+                              self.neighbour_vectors)
+
+    def and_rerank(self, hits: list[Hit], parts: Sequence[np.ndarray]) -> list[Hit]:
+        """`hits` ordered by `concepts.and_scores` of their stored vectors on `parts` (best first; scores kept)."""
+        if len(hits) < 2:
+            return hits
+        by_id = self.catalog.vectors_for([h.id for h in hits], self.index.dim)
+        known = [h for h in hits if h.id in by_id]
+        fused = and_scores(np.stack([by_id[h.id] for h in known]), parts, self.library_space())
+        order = np.argsort(-fused, kind="stable")
+        return [known[i] for i in order] + [h for h in hits if h.id not in by_id]
 
     def query_vector(self, query: str) -> np.ndarray:
         """The unit vector of a query string, arithmetic and personal concepts included."""
@@ -278,13 +331,18 @@ class Searcher:
             ids = self.catalog.ordered_ids(where, params, "taken_ts", descending=order != "oldest", limit=k)
             rows = self.catalog.get_images(ids)
             return self._with_facts([Hit(rows[i].path, None, i) for i in ids if i in rows])
+        parts = None
         if vector is None:
             vector = self.query_vector(query.text)
+            parts = self.concept_parts(query.text) if AND_DEPTH else None
         cutoff = query.min_score if query.min_score is not None else (AUTO if order != "score" else None)
         if cutoff == AUTO:
             cutoff = self.auto_cutoff(vector, exclude_ids)
         if order == "score":
-            hits = self.search_vector(vector, k, min_score=cutoff, allowed_ids=allowed, exclude_ids=exclude_ids)
+            hits = self.search_vector(vector, max(k, AND_DEPTH) if parts else k, min_score=cutoff,
+                                      allowed_ids=allowed, exclude_ids=exclude_ids)
+            if parts:
+                hits = self.and_rerank(hits, parts)[:k]
             return self._with_facts(hits)
         pairs = self._above(vector, cutoff, allowed, exclude_ids)
         if not pairs:
