@@ -204,6 +204,21 @@ def main() -> int:
               f"{np.mean([v for key, vals in res.items() if key[0] == 'token seconds' for v in vals]):.1f} s "
               f"per concept (torch {torch_threads()} thread(s))")
 
+    print("\nCeiling of a prototype: made from half of a concept's photos in the library, R@10 on the other half")
+    for g in groups:
+        ceiling = []
+        for colour, obj in CONCEPTS:
+            if ("new words" if (colour in tw.EXTRA_COLOURS or obj in tw.EXTRA_OBJECTS) else "held-out combination") != g:
+                continue
+            true = np.array(sorted(i for i, s in enumerate(scenes) if (colour, obj) in s.objects))
+            np.random.default_rng(0).shuffle(true)
+            made, rest_ = true[:len(true) // 2], set(true[len(true) // 2:].tolist())
+            scores = X @ space.direction(X[made])
+            scores[made] = -np.inf
+            ceiling.append(r10_scores(scores, rest_))
+            print(f"  {colour} {obj}: {len(made)} examples -> {ceiling[-1]:.2f}")
+        print(f"{g}: mean {np.mean(ceiling):.3f}")
+
     print(f"\nSpread measure: coherence < {WEAK_COHERENCE} says weak")
     keys = sorted({(c, o) for c, o, _ in examples})
     unrelated = [(a, b) for a, b in itertools.permutations(keys, 2) if a[0] != b[0] and a[1] != b[1]]

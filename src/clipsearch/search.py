@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from clipsearch.catalog import Catalog
-from clipsearch.concepts import (AND_DEPTH, Concept, LibrarySpace, and_scores, concept_from_row, find_names,
-                                 resolve_text, sentence_parts)
+from clipsearch.concepts import (AND_DEPTH, Concept, LibrarySpace, and_scores, compose, concept_from_row,
+                                 find_names, resolve_text, sentence_parts)
 from clipsearch.errors import QueryError
 from clipsearch.query import AUTO, Filters, Query, filters_where, parse
 from clipsearch.images import is_supported, load_image
@@ -333,15 +333,16 @@ class Searcher:
             return self._with_facts([Hit(rows[i].path, None, i) for i in ids if i in rows])
         parts = None
         if vector is None:
-            vector = self.query_vector(query.text)
-            parts = self.concept_parts(query.text) if AND_DEPTH else None
+            parts = self.concept_parts(query.text)
+            # One concept-and-words term: the composed vector of its parts (what query_vector gives).
+            vector = compose(parts, self.library_space()) if parts else self.query_vector(query.text)
         cutoff = query.min_score if query.min_score is not None else (AUTO if order != "score" else None)
         if cutoff == AUTO:
             cutoff = self.auto_cutoff(vector, exclude_ids)
         if order == "score":
-            hits = self.search_vector(vector, max(k, AND_DEPTH) if parts else k, min_score=cutoff,
+            hits = self.search_vector(vector, max(k, AND_DEPTH) if parts and AND_DEPTH else k, min_score=cutoff,
                                       allowed_ids=allowed, exclude_ids=exclude_ids)
-            if parts:
+            if parts and AND_DEPTH:
                 hits = self.and_rerank(hits, parts)[:k]
             return self._with_facts(hits)
         pairs = self._above(vector, cutoff, allowed, exclude_ids)
