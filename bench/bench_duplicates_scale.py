@@ -85,7 +85,8 @@ def build(n: int, folder: Path) -> None:
     print(f"  fixture: catalog of {n:,} photos built in {time.perf_counter() - t:.0f} s", flush=True)
 
 
-def measure(n: int, folder: Path) -> None:
+def measure(n: int, folder: Path) -> dict:
+    """Run and print the measurement; returns its figures."""
     from clipsearch.catalog import Catalog
     from clipsearch.duplicates import DuplicateOptions, DuplicateReport, FactsCache, find_all_duplicates
 
@@ -120,6 +121,8 @@ def measure(n: int, folder: Path) -> None:
           f"planted bursts grouped as moments {rm:.4f} of {len(truth['bursts']):,}")
     print(f"  seconds: {stages}; total {wall:.1f} wall, {cpu:.1f} CPU; peak RSS {peak_rss_gb():.2f} GB; "
           f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    return {"copies_recall": rc, "bursts_recall": rm, "copy_groups": gc, "copy_strays": sc, "moment_groups": gm,
+            "clip_pairs": rep.clip_pairs, "hash_pairs": rep.hash_pairs, "wall": wall, "cpu": cpu}
 
 
 if __name__ == "__main__":

@@ -122,6 +122,20 @@ def test_clip_pairs_cluster_join_finds_the_near_copies_of_brute_force() -> None:
     assert all((min(i, best[i]), max(i, best[i])) in found for i in near.tolist())
 
 
+def test_scale_bench_groups_every_planted_copy_through_the_cluster_join(tmp_path) -> None:
+    """The scale benchmark's pipeline on a small catalog (above the exact-search size): every
+    planted copy (a quarter of them turned, found by the hash alone) and burst is grouped."""
+    import bench_duplicates_scale as bench
+
+    from clipsearch.duplicates import candidates
+
+    n = candidates.FLAT_MAX + 3000
+    bench.build(n, tmp_path)
+    got = bench.measure(n, tmp_path)
+    assert got["copies_recall"] == 1.0 and got["bursts_recall"] == 1.0
+    assert got["copy_groups"] == int(0.03 * n) and got["copy_strays"] == 0
+
+
 def test_hash_pairs_with_fewer_longer_parts_still_find_close_hashes() -> None:
     rng = np.random.default_rng(2)
     h = rng.integers(0, 2 ** 63 - 1, 3000)
