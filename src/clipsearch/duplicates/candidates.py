@@ -1,13 +1,14 @@
 """Candidate pairs for duplicate detection, never all pairs: CLIP neighbours and hash buckets.
 
 * `clip_pairs`: each photo's `k` nearest neighbours above a cosine threshold among the
-  stored vectors. Exact up to `FLAT_MAX` photos; above it a *cluster join*: k-means
-  centroids trained on a sample, every photo filed under its nearest centroid and
-  compared, by one matrix product per centroid, with the photos filed under its `nprobe`
-  nearest centroids. That is the work of an inverted-file index searched with the whole
-  library as queries, but done as dense matrix products (BLAS) instead of one scan per
-  query, and it grows as n·√n (about 70 s at 1M photos on 2 cores, docs/performance.md).
-  Duplicates sit far closer together than anything the centroids split.
+  stored vectors. Exact up to `FLAT_MAX` photos; above it a *cluster join*: √(8n) k-means
+  centroids trained on a sample (in a 128-d PCA projection), every photo filed under its
+  nearest centroid and compared, by one matrix product per centroid, with the photos
+  filed under its `nprobe` nearest centroids. That is the work of an inverted-file index
+  searched with the whole library as queries, but done as dense matrix products (BLAS,
+  single-threaded, one worker thread per core) instead of one memory-bound scan per query;
+  it grows as n·√n (2 min of CPU at 1M photos on 2 cores, docs/duplicates.md). Duplicates
+  sit far closer together than anything the centroids split.
 * `hash_pairs`: photos whose 63-bit DCT hashes are within a Hamming distance under any of
   the four rotations (a pixel-rotated copy is far from its original in CLIP space). Found
   by multi-index hashing: the hash is cut into parts; each rotation of each hash is looked
@@ -18,7 +19,7 @@
   buckets stay small (up to ~300k photos of random hashes) and 3 (then 2) above.
 
 Both return unique (i, j) position pairs with i < j as int32 arrays: nothing per pair is a
-Python object, so a million photos' ~10 million candidate pairs take ~120 MB. faiss is
+Python object, so a million photos' ~10 million candidate pairs take ~80 MB. faiss is
 imported lazily; no torch.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FLAT_MAX = 5_000           # exact k-NN up to here (a fraction of a second); the cluster join above
-NPROBE = 8                 # cells each photo's cell is compared with (its own and the 7 nearest)
+NPROBE = 8                 # centroids each photo is compared under (its nearest and the next 7)
 PCA_DIM = 128              # the cells are found in a projection this wide
 HASH_PARTS = (4, 3, 2)     # multi-index hashing: the most parts whose join stays under HASH_BUDGET
 HASH_BUDGET = 64           # ... candidate hash pairs per photo
