@@ -3,6 +3,7 @@
     python bench/bench_concepts.py                 # about 2,000 photos at 64 px, 7 concepts, k = 1, 3, 5, 10
     python bench/bench_concepts.py --first-seed 3  # the example sets the parameters were tuned on
     python bench/bench_concepts.py --token --ks 5  # also a learned token embedding (textual inversion; torch)
+    python bench/bench_concepts.py --adapters      # also two small adapters for the concept alone
 
 The library: 800 photos of the base world and 800 of the extension world (`--world ext`:
 objects, colours and a setting the bundled model never saw), plus, for each concept, 54
@@ -25,7 +26,11 @@ image side by pseudo-relevance feedback and composed in units of spread), "conte
 (the same two vectors fused per photo by a soft minimum of their z-scores, which needs
 a re-ranking step the query path does not have), and with --token "token" (a learned
 input embedding of a pseudo-word, textual-inversion style, the sentence encoded by the
-text tower with the pseudo-word in place). Parameters were set on example sets 3-5
+text tower with the pseudo-word in place). With --adapters, alone: "kernel" (a
+training-free adapter in the manner of Tip-Adapter: the best 200 photos by the whitened
+prototype re-ranked by the sum over the examples of exp(beta × cosine) in the whitened
+space, beta 1 and 3) and "logistic" (an L2-regularised logistic regression, examples
+against 512 library photos, on centred vectors). Parameters were set on example sets 3-5
 (`--first-seed 3`); the default reports example sets 0-2, which played no part. Also
 measured: how often the spread measure calls a consistent example set weak, and a set
 mixing two unrelated concepts weak.
@@ -79,6 +84,7 @@ def main() -> int:
     ap.add_argument("--ks", default="1,3,5,10", help="numbers of examples (1,3,5,10)")
     ap.add_argument("--token", action="store_true", help="also learn a token embedding per concept (slow)")
     ap.add_argument("--token-steps", type=int, default=300, help="gradient steps of the token embedding (300)")
+    ap.add_argument("--adapters", action="store_true", help="also a kernel and a logistic-regression adapter (alone)")
     args = ap.parse_args()
     ks = tuple(int(k) for k in args.ks.split(","))
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -145,6 +151,19 @@ def main() -> int:
                            "whitened": unit(np.linalg.solve(whiten, E.mean(axis=0) - mu))}
                 for name, vec in vectors.items():
                     res[(name, "alone", group, k)].append(r10(vec, truth))
+                if args.adapters:
+                    white = space.whitener()
+                    shown = (X - space.mean) @ white
+                    shown /= np.linalg.norm(shown, axis=1, keepdims=True)
+                    keys = (E - space.mean) @ white
+                    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+                    top = np.argsort(-(X @ product), kind="stable")[:200]
+                    for beta in (1, 3):
+                        kernel = np.full(len(X), -np.inf)
+                        kernel[top] = np.exp(beta * (shown[top] @ keys.T)).sum(axis=1)
+                        res[(f"kernel beta {beta}", "alone", group, k)].append(r10_scores(kernel, truth))
+                    negatives = X[np.random.default_rng(1).choice(len(X), 512, replace=False)]
+                    res[("logistic", "alone", group, k)].append(r10(logistic(E, negatives, mu), truth))
                 if args.token:
                     learnt = time.perf_counter()
                     token = learn_token(encoder, E, X[np.random.default_rng(1).choice(len(X), 512, replace=False)],
@@ -190,7 +209,8 @@ def main() -> int:
     token = ["token"] if args.token else []
     print("\nR@10 of the concept ALONE (mean over concepts and example sets)")
     print(head)
-    for name in ("prototype", "centred", "whitened", *token):
+    adapters = ["kernel beta 1", "kernel beta 3", "logistic"] if args.adapters else []
+    for name in ("prototype", "centred", "whitened", *adapters, *token):
         print(f"{name:<24}" + "".join(f"{np.mean(res[(name, 'alone', g, k)]):>12.3f}" for g in groups for k in ks))
     print(f"{'words':<24}" + "".join(f"{np.mean(res[('words', 'alone', g)]):>12.3f}" for g in groups for _ in ks))
     print("\nR@10 IN A SENTENCE ('bella on a road at night')")
@@ -232,6 +252,20 @@ def main() -> int:
               f"(median coherence {np.median(consistent):.2f}); two unrelated things called weak: "
               f"{np.mean(np.array(mixed) < WEAK_COHERENCE):.2f} (median {np.median(mixed):.2f})")
     return 0
+
+
+def logistic(examples: np.ndarray, negatives: np.ndarray, mean: np.ndarray, lam: float = 1e-3,
+             steps: int = 500, lr: float = 0.5) -> np.ndarray:
+    """An L2-regularised logistic regression (classes balanced by weight) on centred vectors: its weights."""
+    features = np.concatenate([examples, negatives]) - mean
+    labels = np.r_[np.ones(len(examples)), np.zeros(len(negatives))]
+    weights = np.r_[np.full(len(examples), len(negatives) / len(examples)), np.ones(len(negatives))]
+    w, b = np.zeros(features.shape[1]), 0.0
+    for _ in range(steps):
+        grad = (1 / (1 + np.exp(-(features @ w + b))) - labels) * weights
+        w -= lr * (features.T @ grad / len(features) + lam * w)
+        b -= lr * grad.mean()
+    return w
 
 
 def torch_threads() -> int:

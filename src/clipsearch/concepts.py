@@ -145,7 +145,8 @@ class LibrarySpace:
         """Whether directions are whitened: only from a sample of at least WHITEN_MIN_PER_DIM × dim photos."""
         return self.count >= WHITEN_MIN_PER_DIM * len(self.mean)
 
-    def _whitener(self) -> np.ndarray:
+    def whitener(self) -> np.ndarray:
+        """The inverse of the covariance shrunk SHRINKAGE of the way toward a multiple of the identity (cached)."""
         if "w" not in self._inverse:
             cov = self.cov
             shrunk = (1 - SHRINKAGE) * cov + SHRINKAGE * float(np.trace(cov)) / len(cov) * np.eye(len(cov))
@@ -156,7 +157,7 @@ class LibrarySpace:
         """The unit query vector of a few image vectors: mean minus the library mean, whitened when `whitened`."""
         direction = np.asarray(vectors, np.float32).mean(axis=0) - self.mean
         if self.whitened:
-            direction = self._whitener() @ direction
+            direction = self.whitener() @ direction
         return unit(direction)
 
     def spread(self, vector: np.ndarray) -> float:
