@@ -190,8 +190,10 @@ def context_vector(words: np.ndarray, space: LibrarySpace,
 def compose(parts: Sequence[np.ndarray], space: LibrarySpace) -> np.ndarray:
     """The unit sum of query vectors, each divided by the spread of its scores over the library.
 
-    Ranking by it is ranking by the sum of each part's z-score: a photo must score well
-    above the library's typical photo on every part to come first.
+    Ranking by it is ranking by the sum of each part's z-score: each part counts by how far
+    it sets a photo apart from the library's typical photo, whatever the scale of its
+    scores (a text vector's are a fraction of an image prototype's). `and_scores` goes
+    further and asks a photo to stand out on every part.
     """
     return unit(np.sum([p / space.spread(p) for p in parts], axis=0))
 
