@@ -114,7 +114,8 @@ def measure(n: int, folder: Path) -> dict:
 
     rc, sc, gc = together("copies", truth["copies"])
     rm, sm, gm = together("moments", truth["bursts"])
-    stages = ", ".join(f"{k} {v:.1f} ({rep.cpu_seconds[k]:.1f} CPU)" for k, v in rep.seconds.items())
+    stages = ", ".join(f"{k} {v:.1f} ({rep.cpu_seconds[k]:.1f} CPU, peak so far {rep.peak_rss_gb.get(k, 0):.2f} GB)"
+                       for k, v in rep.seconds.items())
     print(f"n={n:,}: {rep.clip_pairs:,} CLIP + {rep.hash_pairs:,} hash candidate pairs; "
           f"{gc:,} copy groups ({sc} with an unplanted member), {gm:,} moment groups ({sm} with an unplanted member)")
     print(f"  planted copy pairs grouped as copies {rc:.4f} of {len(truth['copies']):,}; "

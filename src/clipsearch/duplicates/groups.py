@@ -141,12 +141,19 @@ class DuplicateReport:
     seconds: dict[str, float] = field(default_factory=dict)   # wall time of each stage, in order
 
     cpu_seconds: dict[str, float] = field(default_factory=dict)   # and its CPU time (this process, all threads)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)   # the process's peak RSS at each stage's end
 
     def lap(self, stage: str, since: tuple[float, float]) -> tuple[float, float]:
         """Add the wall and CPU time from `since` (a previous lap's return, or `clock()`) to `stage`."""
         now = clock()
         self.seconds[stage] = self.seconds.get(stage, 0.0) + now[0] - since[0]
         self.cpu_seconds[stage] = self.cpu_seconds.get(stage, 0.0) + now[1] - since[1]
+        try:
+            import resource
+
+            self.peak_rss_gb[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        except ImportError:   # not on Unix
+            pass
         return now
 
 
