@@ -38,7 +38,7 @@ from clipsearch.query import Filters, LENS_MM, distance_km, near_box
 if TYPE_CHECKING:
     from clipsearch.catalog import Catalog
 
-__all__ = ["FilterColumns"]
+__all__ = ["FilterColumns", "TextColumn"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ FEW_CODES = 4
 GROUPED_MAX = 256
 
 
-class _Text:
+class TextColumn:
     """A text column as codes into its sorted distinct values (-1: NULL)."""
 
     __slots__ = ("codes", "vocab", "index")
@@ -93,7 +93,7 @@ class FilterColumns:
         self._version: tuple[int, int] | None = None
         self._size = 0
         self._numeric: dict[str, np.ndarray] = {}
-        self._text: dict[str, _Text] = {}
+        self._text: dict[str, TextColumn] = {}
         self._frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.loads = 0  # columns read from the catalog so far (for tests and logs)
 
@@ -147,12 +147,12 @@ class FilterColumns:
             self._numeric[column] = arr
         return arr
 
-    def text(self, column: str) -> _Text:
+    def text(self, column: str) -> TextColumn:
         """The column as codes by id into its sorted distinct values; -1 for NULL, ids not in use and blobs."""
         self._refresh()
         return self._text_column(column)
 
-    def _text_column(self, column: str) -> _Text:
+    def _text_column(self, column: str) -> TextColumn:
         col = self._text.get(column)
         if col is None:
             codes = np.full(self._size, -1, np.int32)
@@ -181,7 +181,7 @@ class FilterColumns:
                 if len(vocab) <= np.iinfo(small).max:
                     codes = codes.astype(small)
                     break
-            col = self._text[column] = _Text(codes, vocab)
+            col = self._text[column] = TextColumn(codes, vocab)
         return col
 
     def _video_frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
