@@ -9,7 +9,7 @@ from __future__ import annotations
 
 SCRATCH_LR = 1e-3
 SCRATCH_EPOCHS = 30
-FINETUNE_LR = 1e-5
-FINETUNE_EPOCHS = 30
+FINETUNE_LR = 3e-5
+FINETUNE_EPOCHS = 3
 FINETUNE_FREEZE = "none"
 FREEZE_PARTS = ("none", "image", "text")
