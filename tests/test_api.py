@@ -263,8 +263,8 @@ def test_the_schema_matches_the_contract_in_docs(api):
                      ("/photos/{image_id}/video", "get"), ("/texts", "get"), ("/texts", "post"), ("/info", "get")}
     assert served["servers"] == [{"url": "/api"}]
     hit = served["components"]["schemas"]["Hit"]
-    assert set(hit["properties"]) == {"id", "path", "root", "score", "width", "height", "taken_at", "thumb_url",
-                                      "time", "segment", "moments", "video_url"}
+    assert set(hit["properties"]) == {"id", "path", "root", "score", "width", "height", "taken_at", "place", "camera",
+                                      "thumb_url", "time", "segment", "moments", "video_url"}
     # Every operation documents the error shape.
     for route, ops in served["paths"].items():
         for method, op in ops.items():
@@ -376,3 +376,22 @@ def test_serve_refuses_a_token_file_others_can_read_before_starting(library, tmp
     assert main(["serve", "--library", str(library.folder), "--api-token-file", str(token), "--no-browser"]) != 0
     err = capsys.readouterr().err
     assert "chmod 600" in err and str(token) in err
+
+
+def test_hits_and_photos_carry_place_and_camera_from_the_photos_metadata(tmp_path, fake_encoder):
+    from clipsearch import Library, toyworld
+
+    toyworld.generate(tmp_path / "tw", 8, size=64, workers=1, progress=False)  # real EXIF: cities, cameras
+    with Library.open(tmp_path / "twlib", encoder=fake_encoder) as lib, client(lib) as api:
+        lib.index(tmp_path / "tw" / "images")
+        hits = api.get("/search", params={"q": "a photo", "k": 8}).json()["hits"]
+        assert len(hits) == 8
+        with_gps = 0
+        for hit in hits:
+            facts = lib.facts(hit["id"])
+            place = ", ".join(p for p in (facts.get("place_city"), facts.get("place_country")) if p) or None
+            assert (hit["place"], hit["camera"], hit["taken_at"]) == (place, facts.get("camera"), facts.get("taken_at"))
+            photo = Photo.model_validate(api.get(f"/photos/{hit['id']}").json())
+            assert (photo.place, photo.camera) == (place, facts.get("camera"))
+            with_gps += place is not None
+        assert with_gps >= 5 and all(h["camera"] for h in hits if h["place"])

@@ -80,6 +80,8 @@ class Hit(_Model):
     width: int | None = Field(description="pixels, as indexed")
     height: int | None
     taken_at: str | None = Field(description="capture time, ISO 8601, when the library knows it")
+    place: str | None = Field(None, description="where it was taken, \"City, Country\", from its GPS position")
+    camera: str | None = Field(None, description="the camera's make and model, from the file's metadata")
     thumb_url: str = Field(description="this photo's thumbnail, on this server")
     time: float | None = Field(None, description="a video: the second of its best-matching moment (null for photos)")
     segment: list[float] | None = Field(None, description="a video: [start, end] seconds of the matching stretch")
@@ -105,6 +107,8 @@ class Photo(_Model):
     size: int = Field(description="file size in bytes, as indexed")
     modified: str = Field(description="file modification time, ISO 8601 UTC, as indexed")
     taken_at: str | None
+    place: str | None = Field(None, description="where it was taken, \"City, Country\", from its GPS position")
+    camera: str | None = Field(None, description="the camera's make and model, from the file's metadata")
     thumb_url: str
     original_url: str | None = Field(description="the file itself; null unless the server serves originals")
 
@@ -288,7 +292,8 @@ class PhotoApi:
             score = None if h.score is None else round(float(h.score), 6)
             video = getattr(h, "segment", None) is not None
             out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
-                           height=row.height, taken_at=h.taken_at, thumb_url=self.thumb_url(h.id),
+                           height=row.height, taken_at=h.taken_at, place=getattr(h, "place", None),
+                           camera=getattr(h, "camera", None), thumb_url=self.thumb_url(h.id),
                            time=h.time if video else None, segment=list(h.segment) if video else None,
                            moments=[list(m) for m in h.moments] if video else [],
                            video_url=f"{API_PREFIX}/photos/{h.id}/video" if video else None))
@@ -329,9 +334,11 @@ class PhotoApi:
         with self.lock:
             row = self._row(image_id)
             root, rel = split_root(row.path, self.library.roots())
-            taken = self.library.facts(row.id, ["taken_at"]).get("taken_at")
+            facts = self.library.facts(row.id, ["taken_at", "place_city", "place_country", "camera"])
+        place = ", ".join(p for p in (facts.get("place_city"), facts.get("place_country")) if p) or None
         return Photo(id=row.id, path=rel, root=root, width=row.width, height=row.height, size=row.size,
-                     modified=_iso(row.mtime_ns), taken_at=taken, thumb_url=self.thumb_url(row.id),
+                     modified=_iso(row.mtime_ns), taken_at=facts.get("taken_at"), place=place,
+                     camera=facts.get("camera"), thumb_url=self.thumb_url(row.id),
                      original_url=f"{API_PREFIX}/photos/{row.id}/original" if self.serve_originals else None)
 
     def similar(self, image_id: int, text: str | None, k: int, offset: int, min_score: float | None) -> SearchResponse:
