@@ -2,11 +2,13 @@
 
     python bench/bench_cutoff.py --n 2000                            # the report: the demo's photos, query seed 7
     python bench/bench_cutoff.py --n 2000 --library-seed 1 --seed 1  # where the parameters were set
+    python bench/bench_cutoff.py --n 2000 --pretrained runs/ft/final.safetensors  # a fine-tuned toyworld model
 
 Draws (once) a toy-world photo collection of `--n` photos (two thirds seen combinations,
 one third held-out ones, as the demo does; `--library-seed 0` draws the demo's very
-photos, others a separate collection), indexes it with the bundled model, and runs three
-query families:
+photos, others a separate collection), indexes it with the bundled model (or the
+toyworld checkpoint `--pretrained` names, in a library folder of its own beside the same
+photos), and runs three query families:
 
 * full descriptions of scenes the library holds (60): a photo is relevant when its
   canonical caption describes the query's scene (also from its other object: "B right of
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -146,7 +149,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7, help="query seed")
     ap.add_argument("--data", default=None, help="default /tmp/clipsearch-cutoff-bench-<n>-<library seed>")
     ap.add_argument("--json", default=None, help="write the figures here too")
+    ap.add_argument("--pretrained", default="bundled",
+                    help="the toyworld model's weights: bundled (default) or a checkpoint file, e.g. a "
+                         "`clipsearch train` run's final.safetensors")
     args = ap.parse_args()
+    if args.pretrained != "bundled" and not Path(args.pretrained).is_file():
+        ap.error(f"--pretrained {args.pretrained}: no such checkpoint file (give 'bundled' or a .safetensors file)")
 
     import faiss
 
@@ -157,7 +165,15 @@ def main() -> None:
     data = Path(args.data or f"/tmp/clipsearch-cutoff-bench-{args.n}-{args.library_seed}")
     started = time.perf_counter()
     by_path = _collection(data, args.n, args.library_seed)
-    with Library.open(data / "library", model="toyworld", pretrained="bundled") as lib:
+    pretrained = "bundled" if args.pretrained == "bundled" else os.path.realpath(args.pretrained)
+    model_label = "bundled model" if pretrained == "bundled" else f"toyworld model {pretrained}"
+    if pretrained == "bundled":
+        folder = data / "library"
+    else:  # one library per checkpoint (path, size and time: a retrained one gets a fresh index)
+        st = os.stat(pretrained)
+        key = f"{pretrained}|{st.st_size}|{st.st_mtime_ns}".encode()
+        folder = data / ("library-" + hashlib.sha1(key).hexdigest()[:12])
+    with Library.open(folder, model="toyworld", pretrained=pretrained) as lib:
         lib.index(data / "photos", progress=False)
         prep_s = time.perf_counter() - started
         ids, vectors = lib.vectors()
@@ -184,7 +200,7 @@ def main() -> None:
         lat_20k = _latency_at(20_000, vectors.shape[1], qs, calibration)
 
     cpu = _cpu()
-    print(f"# toy world, {len(scenes)} photos (library seed {args.library_seed}), bundled model; "
+    print(f"# toy world, {len(scenes)} photos (library seed {args.library_seed}), {model_label}; "
           f"{len(queries)} queries (seed {args.seed}); CPU: {cpu}; load: {os.getloadavg()[0]:.1f}; "
           f"prepare {prep_s:.0f} s")
     print(f"# min:auto: score >= max({calibration.threshold:.4f}, q{100 * TAIL_QUANTILE:.0f} + {RELATIVE} x (best - "
@@ -211,7 +227,8 @@ def main() -> None:
           f"{QUERY_SAMPLE}-photo sample + {lat_20k[1]:.2f} ms to look up the best photo (a top-10 search "
           f"{lat_20k[2]:.2f} ms)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"figures": figures, "cpu": cpu, "r_precision": r_prec[0] / r_prec[1],
+        Path(args.json).write_text(json.dumps({"figures": figures, "cpu": cpu, "pretrained": pretrained,
+                                               "r_precision": r_prec[0] / r_prec[1],
                                                "cutoff_ms_p50": t_auto, "search_ms_p50": t_search,
                                                "cutoff_ms_20k": lat_20k}, indent=1))
 
