@@ -360,3 +360,14 @@ def test_thumbnails_are_made_ahead_and_the_cache_is_bounded(library, ids):
     left = sum(p.stat().st_size for p in thumbs.folder.glob("*.jpg"))
     assert removed > 0 and left <= 4_500
     assert thumbs.path(ids["red"]).exists()  # made again on demand
+
+
+def test_date_order_that_keeps_nothing_says_how_to_see_more(handlers, monkeypatch):
+    # A query whose relevance cutoff (min:auto, date order's default) no photo reaches.
+    monkeypatch.setattr(handlers.library.searcher, "auto_cutoff", lambda *a, **k: float("inf"))
+    out = handlers.search_text("purple sort:date")
+    assert out.shown == [] and out.status.startswith("No photos")
+    assert "set a minimum score" in out.status and "relevance cutoff" in out.status
+    # With a minimum score set, the hint is to lower it instead.
+    low = handlers.search_text("zebra sort:date", min_score=0.9)  # a word no photo is near
+    assert low.shown == [] and "lower the minimum score (now 0.90)" in low.status

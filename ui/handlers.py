@@ -236,6 +236,11 @@ class Handlers:
             hints = []
             if min_score:
                 hints.append(f"lower the minimum score (now {min_score:.2f})")
+            elif query.effective_min == "auto" and query.has_words:
+                # Date order keeps only the photos past this query's relevance cutoff (min:auto);
+                # a vague query or one that matches many photos may have none.
+                hints.append("set a minimum score (0.3, say) to list more in date order, past the relevance "
+                             "cutoff this query got")
             if folder:
                 hints.append("choose *All folders*")
             if where is not None and where != Where():
