@@ -8,6 +8,7 @@ When a test fails, a screenshot of its page is saved under `test-artifacts/` (or
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -40,6 +41,30 @@ def _chromium() -> str:
     return path
 
 
+@contextlib.contextmanager
+def serving(library: Any) -> Iterator[tuple[str, Any]]:
+    """The web UI of `library` served on a free port: (its URL, the Gradio app); closes both after."""
+    from clipsearch_ui import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved_env = os.environ.get("GRADIO_TEMP_DIR")
+    demo = serve(library, port=port, block=False, on_ready=lambda url: None)
+    try:
+        yield f"http://127.0.0.1:{port}/", demo
+    finally:
+        demo.close()
+        library.close()
+        from clipsearch_ui import server as server_mod
+
+        server_mod._our_temp_dir = None
+        if saved_env is None:
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+        else:
+            os.environ["GRADIO_TEMP_DIR"] = saved_env
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = _chromium()
@@ -59,7 +84,6 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Path]]:
     from clipsearch import Library
-    from clipsearch_ui import serve
 
     root = tmp_path_factory.mktemp("browser")
     photos = write_colour_photos(root / "photos", ["red", "green", "blue", "yellow", "purple", "orange"])
@@ -69,23 +93,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any,
     (root / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved_env = os.environ.get("GRADIO_TEMP_DIR")
-    demo = serve(library, port=port, block=False, on_ready=lambda url: None)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo, root
-    finally:
-        demo.close()
-        library.close()
-        from clipsearch_ui import server as server_mod
-
-        server_mod._our_temp_dir = None
-        if saved_env is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved_env
+    with serving(library) as (url, demo):
+        yield url, demo, root
 
 
 @pytest.fixture
@@ -346,7 +355,6 @@ def meta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     from clipsearch import Library
     from clipsearch.toyworld import CAMERAS, CITIES, ToyPhotoMeta, exif_bytes
-    from clipsearch_ui import serve
 
     root = tmp_path_factory.mktemp("browser-meta")
     cities, cameras = {c.name: c for c in CITIES}, {c.model: c for c in CAMERAS}
@@ -358,23 +366,8 @@ def meta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         Image.new("RGB", (48, 32), COLOURS[colour]).save(root / "photos" / f"{name}{ext}", exif=exif_bytes(meta))
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved_env = os.environ.get("GRADIO_TEMP_DIR")
-    demo = serve(library, port=port, block=False, on_ready=lambda url: None)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-        library.close()
-        from clipsearch_ui import server as server_mod
-
-        server_mod._our_temp_dir = None
-        if saved_env is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved_env
+    with serving(library) as (url, _):
+        yield url
 
 
 def shown_names(page: Any) -> list[str]:
