@@ -27,19 +27,20 @@ def test_the_docs_table_states_the_defaults_the_code_uses() -> None:
     scratch_lr, finetune_lr = _docs_row("--lr")
     assert (float(scratch_lr), float(finetune_lr)) == (d.SCRATCH_LR, d.FINETUNE_LR)
     assert _docs_row("--freeze") == ("none", d.FINETUNE_FREEZE)
+    assert _docs_row("--batch-size") == (str(d.SCRATCH_BATCH_SIZE), str(d.FINETUNE_BATCH_SIZE))
 
 
 @pytest.mark.parametrize("pretrained, fine_tuning", [("none", False), ("bundled", True)])
 def test_the_train_command_without_options_gets_those_defaults(pretrained: str, fine_tuning: bool) -> None:
     args = build_parser().parse_args(["train", "pairs.csv", "--out", "run", "--pretrained", pretrained])
     config = TrainConfig(csv=args.csv, out=args.out, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
-                         freeze=args.freeze)
-    expected = ((d.FINETUNE_EPOCHS, d.FINETUNE_LR, d.FINETUNE_FREEZE) if fine_tuning
-                else (d.SCRATCH_EPOCHS, d.SCRATCH_LR, "none"))
-    assert (config.num_epochs, config.learning_rate, config.frozen_part) == expected
+                         freeze=args.freeze, batch_size=args.batch_size)
+    expected = ((d.FINETUNE_EPOCHS, d.FINETUNE_LR, d.FINETUNE_FREEZE, d.FINETUNE_BATCH_SIZE) if fine_tuning
+                else (d.SCRATCH_EPOCHS, d.SCRATCH_LR, "none", d.SCRATCH_BATCH_SIZE))
+    assert (config.num_epochs, config.learning_rate, config.frozen_part, config.batch) == expected
     # An explicit option still wins.
     args = build_parser().parse_args(["train", "pairs.csv", "--out", "run", "--pretrained", pretrained,
-                                      "--epochs", "7", "--lr", "2e-4", "--freeze", "text"])
+                                      "--epochs", "7", "--lr", "2e-4", "--freeze", "text", "--batch-size", "64"])
     config = TrainConfig(csv=args.csv, out=args.out, pretrained=args.pretrained, epochs=args.epochs, lr=args.lr,
-                         freeze=args.freeze)
-    assert (config.num_epochs, config.learning_rate, config.frozen_part) == (7, 2e-4, "text")
+                         freeze=args.freeze, batch_size=args.batch_size)
+    assert (config.num_epochs, config.learning_rate, config.frozen_part, config.batch) == (7, 2e-4, "text", 64)

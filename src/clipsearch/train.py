@@ -29,7 +29,8 @@ import torch
 
 from clipsearch.errors import ImageLoadError, ModelError, TrainingError
 from clipsearch.train_defaults import (  # noqa: F401  (re-exported)
-    FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_EPOCHS, SCRATCH_LR,
+    FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_BATCH_SIZE,
+    SCRATCH_EPOCHS, SCRATCH_LR,
 )
 from clipsearch.evaluate import (
     DatasetError, EvalData, EvalResult, build_eval_data, read_captions_csv, score_embeddings,
@@ -58,7 +59,7 @@ class TrainConfig:
     """Everything that defines a training run; see docs/training.md for the defaults' reasons.
 
     `pretrained`: None or "none" trains from scratch; a tag, a checkpoint path or "bundled"
-    fine-tunes. `epochs`, `lr` and `freeze` None pick the from-scratch or the fine-tuning
+    fine-tunes. `epochs`, `batch_size`, `lr` and `freeze` None pick the from-scratch or the fine-tuning
     default (SCRATCH_* / FINETUNE_* below; the measurements behind them are in
     docs/training.md). `freeze` "image" keeps the image tower's weights fixed, "text" the text
     tower's (token embedding, positional embedding, transformer, final norm, projection);
@@ -71,7 +72,7 @@ class TrainConfig:
     model: str = "toyworld"
     pretrained: str | None = None
     epochs: int | None = None
-    batch_size: int = 512
+    batch_size: int | None = None
     lr: float | None = None
     wd: float = 0.1
     warmup: float = 0.05
@@ -96,7 +97,8 @@ class TrainConfig:
             (self.epochs is None or self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
             (self.freeze is None or self.freeze in FREEZE_PARTS,
              f"unknown part to freeze {self.freeze!r}; expected one of {FREEZE_PARTS}"),
-            (self.batch_size >= 2, f"batch size must be at least 2 (contrastive loss), got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 2,
+             f"batch size must be at least 2 (contrastive loss), got {self.batch_size}"),
             (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.wd >= 0, f"weight decay must be >= 0, got {self.wd}"),
             (self.warmup >= 0, f"warmup must be >= 0, got {self.warmup}"),
@@ -119,6 +121,12 @@ class TrainConfig:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (SCRATCH_LR if self.from_scratch else FINETUNE_LR)
+
+    @property
+    def batch(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return SCRATCH_BATCH_SIZE if self.from_scratch else FINETUNE_BATCH_SIZE
 
     @property
     def num_epochs(self) -> int:
@@ -522,7 +530,7 @@ def _normalised_config(config: TrainConfig) -> TrainConfig:
     # Absolute paths, so a resumed run compares equal whatever the working directory; the
     # from-scratch / fine-tuning defaults resolved, so the checkpoint records what ran.
     updates: dict[str, Any] = {"csv": os.path.abspath(config.csv), "out": os.path.abspath(config.out),
-                               "epochs": config.num_epochs, "freeze": config.frozen_part}
+                               "epochs": config.num_epochs, "freeze": config.frozen_part, "batch_size": config.batch}
     if config.val:
         updates["val"] = os.path.abspath(config.val)
     if config.model.endswith(".json"):
@@ -606,9 +614,9 @@ def train(config: TrainConfig) -> TrainResult:
                                         target=min(size)),
                       tokenizer(val_data.texts).to(device), str(config.val))
 
-    batch_size = min(config.batch_size, len(rows))
-    if batch_size < config.batch_size:
-        log.warning("only %d training pairs: batch size lowered from %d", len(rows), config.batch_size)
+    batch_size = min(config.batch, len(rows))
+    if batch_size < config.batch:
+        log.warning("only %d training pairs: batch size lowered from %d", len(rows), config.batch)
     steps_per_epoch = max(1, len(rows) // batch_size)
     epochs = config.num_epochs
     total_steps = steps_per_epoch * epochs

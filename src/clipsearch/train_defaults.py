@@ -12,4 +12,6 @@ SCRATCH_EPOCHS = 30
 FINETUNE_LR = 3e-5
 FINETUNE_EPOCHS = 3
 FINETUNE_FREEZE = "none"
+SCRATCH_BATCH_SIZE = 512
+FINETUNE_BATCH_SIZE = 128  # the sweep's batch: with 512, 1,000 pairs make 1 step an epoch
 FREEZE_PARTS = ("none", "image", "text")

@@ -92,7 +92,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     from clipsearch.evaluate import DEFAULT_ANALOGY_TEMPLATE, DEFAULT_MAX_ANALOGY_QUERIES, RELEVANCE_MODES
     from clipsearch.train_defaults import (
-        FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_EPOCHS, SCRATCH_LR,
+        FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_BATCH_SIZE,
+        SCRATCH_EPOCHS, SCRATCH_LR,
     )
 
     p = sub.add_parser(
@@ -108,7 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help=f"passes over the data (default {SCRATCH_EPOCHS} from scratch, {FINETUNE_EPOCHS} when "
                         "fine-tuning)")
-    p.add_argument("--batch-size", type=_positive_int, default=512, help="pairs per step (default 512)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help=f"pairs per step (default {SCRATCH_BATCH_SIZE} from scratch, {FINETUNE_BATCH_SIZE} fine-tuning)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate (default {SCRATCH_LR:g} from scratch, {FINETUNE_LR:g} when fine-tuning)")
     p.add_argument("--wd", type=float, default=0.1, help="AdamW weight decay, not on gains/biases (default 0.1)")
