@@ -141,3 +141,22 @@ def test_a_warmed_up_library_answers_on_the_prepacked_session(built: tuple[Path,
         text = lib.encoder.text_tower
         assert text is not None and text.prepacked and not lib.encoder.loaded  # no torch model for it
         assert lib.search("a red circle", k=3)
+
+
+def test_an_export_in_an_older_format_is_removed_when_the_new_one_is_written(tmp_path: Path) -> None:
+    import json
+
+    from clipsearch import text_onnx
+
+    cache = tmp_path / "onnx"
+    cache.mkdir()
+    old = cache / "toyworld-text-0123456789abcdef-opset17"
+    for suffix in (".onnx", "-embeddings.npy"):
+        Path(str(old) + suffix).write_bytes(b"old")
+    Path(str(old) + ".json").write_text(json.dumps({"model": "toyworld", "key": "0123456789abcdef", "format": 1}))
+    other = cache / "ViT-B-32-text-fedcba9876543210-opset17.json"  # another model's: kept
+    other.write_text(json.dumps({"model": "ViT-B-32", "key": "fedcba9876543210", "format": 1}))
+    LazyEncoder("toyworld", "bundled", 256, cache_dir=cache).encode_texts(["a red circle"])  # exports format 2
+    names = sorted(p.name for p in cache.iterdir())
+    assert not [n for n in names if n.startswith(old.name)] and other.name in names
+    assert text_onnx.find_export("toyworld", "bundled", cache) is not None

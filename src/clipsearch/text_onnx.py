@@ -304,7 +304,36 @@ def export_text_tower(encoder: "ClipEncoder", pretrained: str | None,
         record = TextExport(encoder.name, key, dim=encoder.dim, reason=reason)
     record = TextExport(**{**asdict(record), "export_seconds": round(time.monotonic() - started, 2)})
     _atomic(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(asdict(record), indent=1), encoding="utf-8"))
+    remove_outdated_exports(folder, encoder.name)
     return record
+
+
+def remove_outdated_exports(folder: Path, model: str) -> list[Path]:
+    """Delete `model`'s text tower exports in `folder` written in an older FORMAT (no query reads them again).
+
+    A format-1 ViT-B-32 export is 250 MB; an upgrade would otherwise leave it behind for
+    good. Returns the files removed; a file that cannot be removed is left (logged).
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    removed: list[Path] = []
+    for meta in sorted(folder.glob(f"{safe}-text-*.json")):
+        try:
+            raw = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(raw, dict) or raw.get("model") != model or raw.get("format", FORMAT) >= FORMAT:
+            continue
+        graph = meta.with_suffix(".onnx")
+        for path in (graph, _weights_path(graph), meta.with_name(meta.stem + "-embeddings.npy"), meta):
+            try:
+                if path.exists():
+                    path.unlink()
+                    removed.append(path)
+            except OSError as exc:
+                log.warning("could not remove the outdated text export %s (%s)", path, exc)
+    if removed:
+        log.info("removed %d files of outdated text tower exports of %s", len(removed), model)
+    return removed
 
 
 def _atomic(path: Path, write: Any) -> None:
