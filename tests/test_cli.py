@@ -220,3 +220,16 @@ def test_index_passes_the_image_backend_to_the_model(tmp_path: Path, colour_phot
         main(["index", str(tmp_path / "photos"), "-l", str(tmp_path / "lib"), "--image-backend", "tpu"])
     assert exit_info.value.code == 2
     assert "--image-backend" in capsys.readouterr().err
+
+
+def test_a_new_librarys_index_is_built_and_a_changed_kind_rebuilt(tmp_path: Path, colour_photos: dict[str, str],
+                                                                   fake_models: list, capsys) -> None:
+    lib = tmp_path / "lib"
+    code, out, err = run(capsys, "-q", "index", tmp_path / "photos", "--library", lib)
+    assert code == 0, err
+    assert "index built: flat" in out and "rebuilt" not in out
+    code, out, err = run(capsys, "-q", "index", tmp_path / "photos", "--library", lib, "--index", "hnsw")
+    assert code == 0, err
+    assert "index rebuilt: hnsw" in out
+    code, out, err = run(capsys, "-q", "index", tmp_path / "photos", "--library", lib)
+    assert code == 0 and "built" not in out  # nothing changed: nothing said about the index

@@ -92,7 +92,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
             # One JSON document: the report, or a list of them for several folders.
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         elif lib.vector_index is not before:
-            print(f"index rebuilt: {index_line(lib)}")
+            # A new library's first index is built, not rebuilt.
+            print(f"index {'rebuilt' if before.ntotal else 'built'}: {index_line(lib)}")
         return status
 
 

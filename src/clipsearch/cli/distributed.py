@@ -57,7 +57,8 @@ def cmd_index_ray(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=1))
         elif lib.vector_index is not before:
-            print(f"index rebuilt: {index_line(lib)}")
+            # A new library's first index is built, not rebuilt.
+            print(f"index {'rebuilt' if before.ntotal else 'built'}: {index_line(lib)}")
     return status
 
 
