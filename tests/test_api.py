@@ -260,7 +260,8 @@ def test_the_schema_matches_the_contract_in_docs(api):
     assert paths == {("/search", "get"), ("/search/image", "post"), ("/photos/{image_id}", "get"),
                      ("/photos/{image_id}/similar", "get"), ("/photos/{image_id}/describe", "get"),
                      ("/photos/{image_id}/thumb", "get"), ("/photos/{image_id}/original", "get"),
-                     ("/photos/{image_id}/video", "get"), ("/texts", "get"), ("/texts", "post"), ("/info", "get")}
+                     ("/photos/{image_id}/video", "get"), ("/texts", "get"), ("/texts", "post"), ("/info", "get"),
+                     ("/concepts", "get"), ("/concepts", "post"), ("/concepts/{name}", "delete")}
     assert served["servers"] == [{"url": "/api"}]
     hit = served["components"]["schemas"]["Hit"]
     assert set(hit["properties"]) == {"id", "path", "root", "score", "width", "height", "taken_at", "place", "camera",
@@ -395,3 +396,29 @@ def test_hits_and_photos_carry_place_and_camera_from_the_photos_metadata(tmp_pat
             assert (photo.place, photo.camera) == (place, facts.get("camera"))
             with_gps += place is not None
         assert with_gps >= 5 and all(h["camera"] for h in hits if h["place"])
+
+
+def test_concepts_are_made_from_photo_ids_used_as_words_and_forgotten(api, ids):
+    from clipsearch_ui.api import ConceptInfo, ConceptsResponse
+
+    assert ConceptsResponse.model_validate(api.get("/concepts").json()).concepts == []
+    r = api.post("/concepts", json={"name": "Bella", "examples": [ids["red"], ids["orange"]]})
+    assert r.status_code == 200, r.text
+    made = ConceptInfo.model_validate(r.json())
+    assert (made.name, made.examples, made.stale) == ("bella", 2, False)
+    listed = ConceptsResponse.model_validate(api.get("/concepts").json()).concepts
+    assert [c.name for c in listed] == ["bella"]
+    # The name is a word in queries: its example photos rank first.
+    top = api.get("/search", params={"q": "bella", "k": 2}).json()["hits"]
+    assert {h["id"] for h in top} == {ids["red"], ids["orange"]}
+    # A second concept of that name needs replace; ids only, of indexed photos; a name must be one word.
+    assert_error(api.post("/concepts", json={"name": "bella", "examples": [ids["blue"]]}), 409, "conflict", "replace")
+    assert api.post("/concepts", json={"name": "bella", "examples": [ids["blue"]], "replace": True}).status_code == 200
+    assert api.get("/search", params={"q": "bella", "k": 1}).json()["hits"][0]["id"] == ids["blue"]
+    assert_error(api.post("/concepts", json={"name": "x", "examples": [99999]}), 404, "not_found", "99999")
+    assert_error(api.post("/concepts", json={"name": "two words", "examples": [ids["red"]]}), 400, "bad_query",
+                 "one word")
+    assert_error(api.post("/concepts", json={"name": "x", "examples": []}), 422, "bad_request", "examples")
+    assert api.delete("/concepts/bella").status_code == 204
+    assert_error(api.delete("/concepts/bella"), 404, "not_found", "bella")
+    assert ConceptsResponse.model_validate(api.get("/concepts").json()).concepts == []

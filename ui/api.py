@@ -5,6 +5,7 @@
     GET  /api/photos/{id}                                 one photo's facts
     GET  /api/photos/{id}/similar | /describe | /thumb?size= | /original (only with serve_originals)
     GET  /api/texts, POST /api/texts                      the text collection (labels, captions)
+    GET  /api/concepts, POST /api/concepts, DELETE /api/concepts/{name}   personal concepts
     GET  /api/info                                        the library: counts, model, index
     GET  /api/docs, /api/openapi.json                     this, described
 
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,6 +60,7 @@ MAX_DEPTH = 10_000            # offset + k: paging goes this deep into a ranking
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 60_000_000
 MAX_TEXTS_PER_POST = 10_000
+MAX_CONCEPT_EXAMPLES = 50
 MAX_TEXT_LENGTH = 500
 _MULTIPART_SLACK = 64 * 1024  # headers and boundaries around an upload of MAX_UPLOAD_BYTES
 TOKEN_ENV = "CLIPSEARCH_API_TOKEN"
@@ -122,6 +124,29 @@ class DescribeResponse(_Model):
     id: int
     texts: list[TextScore] = Field(description="the closest texts of the collection, best first")
     total: int = Field(description="how many texts the collection holds (0: add some with POST /api/texts)")
+
+
+class ConceptInfo(_Model):
+    """A personal concept: a name made from example photos, usable as a word in queries."""
+
+    name: str = Field(description="the word to use in queries, e.g. q=bella on a beach")
+    examples: int = Field(description="how many example photos it was made from")
+    coherence: float | None = Field(description="how alike the examples are once the library's mean is removed "
+                                                "(about 0: unrelated; null for one example)")
+    weak: bool = Field(description="the examples look like different things: results will be noisy")
+    stale: bool = Field(description="made with another model than the library's now: make it again")
+    created_at: str = Field(description="ISO 8601 UTC")
+
+
+class ConceptsResponse(_Model):
+    concepts: list[ConceptInfo]
+
+
+class AddConcept(_Model):
+    name: str = Field(min_length=1, max_length=64, description="one word: letters, digits, - or _")
+    examples: list[int] = Field(min_length=1, max_length=MAX_CONCEPT_EXAMPLES,
+                                description="ids of indexed photos that show it")
+    replace: bool = Field(False, description="replace a concept of that name (else 409)")
 
 
 class TextsResponse(_Model):
@@ -392,6 +417,38 @@ class PhotoApi:
                                              "re-index its folder")
         return real
 
+    @staticmethod
+    def _concept_info(c: Any) -> ConceptInfo:
+        return ConceptInfo(name=c.name, examples=c.examples,
+                           coherence=None if c.coherence is None else round(float(c.coherence), 4),
+                           weak=bool(c.weak), stale=bool(getattr(c, "stale", False)),
+                           created_at=_iso(int(c.created_at * 1e9)))
+
+    def concepts(self) -> ConceptsResponse:
+        with self.lock:
+            found = self.library.concepts()
+        return ConceptsResponse(concepts=[self._concept_info(c) for c in sorted(found, key=lambda c: c.name)])
+
+    def add_concept(self, body: AddConcept) -> ConceptInfo:
+        from clipsearch.concepts import check_name
+
+        name = check_name(body.name)  # a bad name: 400 bad_query, with what a name may hold
+        with self.lock:
+            for image_id in body.examples:
+                self._row(image_id)  # ids only, of indexed photos: else 404
+            if not body.replace and any(c.name == name for c in self.library.concepts()):
+                raise ApiError(409, "conflict", f"a concept named {name!r} exists; send replace: true to remake it")
+            made = self.library.add_concept(name, [int(i) for i in body.examples], replace=body.replace)
+        return self._concept_info(made)
+
+    def remove_concept(self, name: str) -> None:
+        from clipsearch.concepts import check_name
+
+        key = check_name(name)
+        with self.lock:
+            if not self.library.remove_concept(key):
+                raise ApiError(404, "not_found", f"no concept named {key!r}")
+
     def texts(self, offset: int, limit: int) -> TextsResponse:
         with self.lock:
             texts = self.library.texts()
@@ -630,6 +687,23 @@ def build_api(library: "Library", *, access: Access | None = None, lock: threadi
     def add_texts(body: AddTexts) -> AddTextsResponse:
         """Add texts to the collection (duplicates are ignored): zero-shot labels for /describe."""
         return impl.add_texts(body.texts)
+
+    @api.get("/concepts", response_model=ConceptsResponse, summary="Personal concepts")
+    def concepts() -> ConceptsResponse:
+        """The library's concepts, by name: words made from example photos (`bella on a beach`)."""
+        return impl.concepts()
+
+    @api.post("/concepts", response_model=ConceptInfo, summary="Name a few photos: a concept",
+              responses={404: {"model": Error}, 409: {"model": Error}})
+    def add_concept(body: AddConcept) -> ConceptInfo:
+        """Make a concept from the ids of photos that show it (no training run); then use its name in queries."""
+        return impl.add_concept(body)
+
+    @api.delete("/concepts/{name}", status_code=204, response_class=Response, summary="Forget a concept",
+                responses={404: {"model": Error}})
+    def remove_concept(name: str) -> Response:
+        impl.remove_concept(name)
+        return Response(status_code=204)
 
     @api.get("/info", response_model=Info, summary="The library")
     def info() -> Info:
