@@ -80,8 +80,9 @@ def test_a_stage_clock_tells_work_from_waiting() -> None:
         sum(range(20_000))  # Python work between clock reads (each read is a system call)
     clock.lap("work")
     clock.lap("work")  # a stage timed twice adds up
-    assert stages["wait"]["seconds"] >= 0.2 and stages["wait"]["cpu_seconds"] < 0.05
-    assert stages["work"]["cpu_seconds"] >= 0.2 and stages["work"]["seconds"] >= 0.2
+    # 0.19, not 0.2: the stages are rounded to 0.1 ms, and wall and CPU time are two clocks.
+    assert stages["wait"]["seconds"] >= 0.19 and stages["wait"]["cpu_seconds"] < 0.05
+    assert stages["work"]["cpu_seconds"] >= 0.19 and stages["work"]["seconds"] >= 0.19
     assert stages["work"]["system_seconds"] < stages["work"]["cpu_seconds"] / 2  # a Python loop: user time
     assert isinstance(stages["work"]["major_faults"], int) and stages["work"]["major_faults"] >= 0
 
