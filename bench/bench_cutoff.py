@@ -33,12 +33,11 @@ import csv
 import hashlib
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_model
 
 FORMS = ("colour object", "colour object time", "colour object setting", "object setting time")
 
@@ -199,7 +198,7 @@ def main() -> None:
         t_search = _p50(lambda q: lib.searcher.nearest(q, 10), qs)
         lat_20k = _latency_at(20_000, vectors.shape[1], qs, calibration)
 
-    cpu = _cpu()
+    cpu = cpu_model()
     print(f"# toy world, {len(scenes)} photos (library seed {args.library_seed}), {model_label}; "
           f"{len(queries)} queries (seed {args.seed}); CPU: {cpu}; load: {os.getloadavg()[0]:.1f}; "
           f"prepare {prep_s:.0f} s")
@@ -231,14 +230,6 @@ def main() -> None:
                                                "r_precision": r_prec[0] / r_prec[1],
                                                "cutoff_ms_p50": t_auto, "search_ms_p50": t_search,
                                                "cutoff_ms_20k": lat_20k}, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from common import cpu_model
 
 DATASETS: dict[str, dict[str, Any]] = {
     "ext-train": dict(n=1500, split="train", size=64, seed=21, world="ext"),
@@ -54,14 +54,6 @@ def _csv(data: Path, name: str) -> str:
     if not csv.is_file():
         toyworld.generate(folder, workers=1, progress=False, **DATASETS[name])
     return str(csv)
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def _eval(weights: str, csv: str, analogy_queries: int) -> dict[str, float]:
@@ -108,7 +100,7 @@ def main() -> None:
     train_name, val_name, test_name = SHIFTS[args.shift]
     train_csv, val_csv, test_csv = (_csv(data, n) for n in (train_name, val_name, test_name))
     original_csv = _csv(data, "d64-test")
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores; torch threads {args.threads}; load at start {os.getloadavg()}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch threads {args.threads}; load at start {os.getloadavg()}")
 
     results_path = out / "results.jsonl"
     done = {}

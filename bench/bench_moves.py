@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_and_load
 from PIL import Image
 
 
@@ -50,16 +51,6 @@ class StandIn:
 
     def encode_texts(self, texts, batch_size: int = 256) -> np.ndarray:  # noqa: ANN001
         return self.encode_images(list(texts))
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = os.getloadavg()
-    return f"{model}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f}"
 
 
 def make_photos(folder: Path, count: int) -> int:
@@ -89,7 +80,7 @@ def main() -> None:
 
     from clipsearch import Library
 
-    print(f"machine: {machine()}")
+    print(f"machine: {cpu_and_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         root, lib_dir = Path(tmp) / "photos", Path(tmp) / "lib"
         size, secs = timed(lambda: make_photos(root / "album", args.photos))
@@ -130,7 +121,7 @@ def main() -> None:
             rate = report.added / secs
             print(f"re-encoding instead (toyworld model, {report.added} photos): {rate:.1f} photos/s, so "
                   f"{args.photos / rate:.0f} s for {args.photos}: {args.photos / rate / t_rename:.0f}x the renamed sync")
-    print(f"machine after: {machine()}")
+    print(f"machine after: {cpu_and_load()}")
 
 
 if __name__ == "__main__":

@@ -32,21 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_and_load
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}"
 
 
 def write_photo(path: Path, seed: int) -> None:
@@ -109,7 +98,7 @@ def main() -> None:
 
     from clipsearch import Library
 
-    print(f"machine: {machine()}")
+    print(f"machine: {cpu_and_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         photos, lib_dir = Path(tmp) / "photos", Path(tmp) / "lib"
         make_photos(photos, args.photos, args.folders)
@@ -165,7 +154,7 @@ def main() -> None:
             share = idle_cpu(poller.proc.pid, args.idle)
             print(f"idle (polling every {args.poll:g} s): {100 * share:.2f} % of one core over {args.idle:.0f} s")
             poller.stop()
-    print(f"machine after: {machine()}")
+    print(f"machine after: {cpu_and_load()}")
 
 
 if __name__ == "__main__":

@@ -137,20 +137,30 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo ("unknown CPU" where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def cpu_and_load() -> str:
+    """The CPU, its core count and the load average now: what a figure taken on a shared machine needs beside it."""
+    load = os.getloadavg()
+    return f"{cpu_model()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f}"
+
+
 def machine() -> str:
     import platform
 
     import faiss
 
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
             f"faiss {faiss.__version__}, numpy {np.__version__}")

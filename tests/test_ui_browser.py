@@ -8,11 +8,9 @@ When a test fails, a screenshot of its page is saved under `test-artifacts/` (or
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -23,6 +21,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 
 from fakes import FakeEncoder, write_colour_photos  # noqa: E402
+from ui_serving import serving  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -39,30 +38,6 @@ def _chromium() -> str:
     if path is None:
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     return path
-
-
-@contextlib.contextmanager
-def serving(library: Any) -> Iterator[tuple[str, Any]]:
-    """The web UI of `library` served on a free port: (its URL, the Gradio app); closes both after."""
-    from clipsearch_ui import serve
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    saved_env = os.environ.get("GRADIO_TEMP_DIR")
-    demo = serve(library, port=port, block=False, on_ready=lambda url: None)
-    try:
-        yield f"http://127.0.0.1:{port}/", demo
-    finally:
-        demo.close()
-        library.close()
-        from clipsearch_ui import server as server_mod
-
-        server_mod._our_temp_dir = None
-        if saved_env is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved_env
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any,
     (root / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
-    with serving(library) as (url, demo):
+    with serving(library) as (url, demo, _):
         yield url, demo, root
 
 
@@ -366,7 +341,7 @@ def meta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         Image.new("RGB", (48, 32), COLOURS[colour]).save(root / "photos" / f"{name}{ext}", exif=exif_bytes(meta))
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
-    with serving(library) as (url, _):
+    with serving(library) as (url, _, _):
         yield url
 
 

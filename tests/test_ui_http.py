@@ -5,7 +5,6 @@ Every request goes to 127.0.0.1 on a free port; the servers are closed after the
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,14 +19,9 @@ pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
 from fakes import FakeEncoder, write_colour_photos  # noqa: E402
+from ui_serving import serving  # noqa: E402
 
 USER, PASSWORD = "ann", "correct horse"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Served:
@@ -42,28 +36,14 @@ class Served:
 
 def _serve(root: Path, auth: Any, **serve_kwargs: Any) -> Iterator[Served]:
     from clipsearch import Library
-    from clipsearch_ui import serve
-    from clipsearch_ui import server as server_mod
-
     photos = write_colour_photos(root / "photos", ["red", "green", "blue"])
     (root / "photos" / "broken.jpg").write_bytes(b"not a jpeg")
     library = Library.open(root / "lib", encoder=FakeEncoder())
     library.index(root / "photos")
     # A photo added after indexing: on disk, in the photo folder, but not in the catalog.
     photos.update(write_colour_photos(root / "photos", ["yellow"]))
-    saved_env = os.environ.get("GRADIO_TEMP_DIR")
-    port = free_port()
-    demo = serve(library, port=port, auth=auth, block=False, on_ready=lambda url: None, **serve_kwargs)
-    try:
+    with serving(library, auth=auth, **serve_kwargs) as (_, demo, port):
         yield Served(demo, port, root, library, photos)
-    finally:
-        demo.close()
-        library.close()
-        server_mod._our_temp_dir = None
-        if saved_env is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved_env
 
 
 @pytest.fixture(scope="module")

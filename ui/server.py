@@ -77,6 +77,15 @@ def _use_private_temp_dir(library: "Library") -> None:
     _our_temp_dir = os.environ["GRADIO_TEMP_DIR"] = str(folder)
 
 
+def release_temp_dir() -> None:
+    """Undo what `serve` did to $GRADIO_TEMP_DIR (pointed it into the library's folder), for a
+    process that serves another library afterwards, as tests do. A folder the user chose stays."""
+    global _our_temp_dir
+    if _our_temp_dir is not None and os.environ.get("GRADIO_TEMP_DIR") == _our_temp_dir:
+        del os.environ["GRADIO_TEMP_DIR"]
+    _our_temp_dir = None
+
+
 def blocked_paths(library: "Library", thumbs: Path) -> list[str]:
     """What Gradio must never serve even if asked: the catalog and index, and the photo folders."""
     folder = Path(library.folder)
