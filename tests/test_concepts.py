@@ -236,6 +236,7 @@ def test_cli_concept_add_list_remove(world, capsys: pytest.CaptureFixture[str]) 
     assert "already exists" in capsys.readouterr().err
     assert main(["concept", "remove", "kite2", "--library", folder]) == 0
     assert main(["concept", "remove", "kite2", "--library", folder]) == 1
+    assert "no concept named kite2" in capsys.readouterr().err
 
 
 def test_names_resolve_as_words_only() -> None:

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, LibraryLockedError, QueryError
 from clipsearch.images import is_supported, load_image
+from clipsearch.places import place_label
 from clipsearch.video import is_video, split_frame_path
 
 from clipsearch_ui.paging import stable_top
@@ -360,7 +361,7 @@ class PhotoApi:
             row = self._row(image_id)
             root, rel = split_root(row.path, self.library.roots())
             facts = self.library.facts(row.id, ["taken_at", "place_city", "place_country", "camera"])
-        place = ", ".join(p for p in (facts.get("place_city"), facts.get("place_country")) if p) or None
+        place = place_label(facts.get("place_city"), facts.get("place_country"))
         return Photo(id=row.id, path=rel, root=root, width=row.width, height=row.height, size=row.size,
                      modified=_iso(row.mtime_ns), taken_at=facts.get("taken_at"), place=place,
                      camera=facts.get("camera"), thumb_url=self.thumb_url(row.id),

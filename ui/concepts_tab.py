@@ -1,7 +1,8 @@
 """The Concepts tab: select photos, "name these", then search with the name like a word.
 
 Photos are gathered from the Search tab (the selected result, one by one) or uploaded;
-the examples box holds them as `#ID` (indexed photos) and file paths, and stays editable.
+the examples box holds them as `#ID` (indexed photos; no file paths: the UI reads no file a visitor
+names) and stays editable.
 `ConceptActions` does the work as plain methods (a test calls them without a browser);
 `build` places the components and wires them.
 """
@@ -50,8 +51,11 @@ class ConceptActions:
 
     @staticmethod
     def examples_of(text: str | None, uploads: Sequence[str] | None) -> list[str]:
-        """`#ID`s and paths from the examples box (spaces, commas or lines between them), then the uploads."""
-        items = [t for t in re.split(r"[\s,]+", text or "") if t]
+        """The `#ID`s of the examples box (spaces, commas or lines between them), then the uploads.
+
+        Only ids: the web UI reads no file a visitor names (as in queries), so any other word is dropped.
+        """
+        items = [t for t in re.split(r"[\s,]+", text or "") if re.fullmatch(r"#\d+", t)]
         return items + [str(u) for u in uploads or []]
 
     def name_these(self, name: str | None, examples: str | None, uploads: Sequence[str] | None,
@@ -94,7 +98,7 @@ def build(ctx: "AppContext", tab: gr.Tab) -> dict:
         with gr.Column(scale=3, min_width=280):
             name = gr.Textbox(label="Name", placeholder="bella", max_length=40, elem_id="concept-name")
             examples = gr.Textbox(label="Photos", lines=2, max_length=4000, elem_id="concept-examples",
-                                  placeholder="#12 #45 (indexed photos) or file paths",
+                                  placeholder="#12 #45 (indexed photos)",
                                   info="Pick a result in Search, then press the button below; or type #IDs.")
             with gr.Row():
                 add_btn = gr.Button("Add the selected photo", min_width=160, elem_id="concept-add-selected")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
 from clipsearch.images import is_supported, load_image
+from clipsearch.places import place_label
 from clipsearch.video import format_time, is_video, split_frame_path
 from clipsearch.query import Filters, Query, parse
 from clipsearch.search import parse_query
@@ -443,7 +444,7 @@ class Handlers:
             source = {"filename": "date from the file name", "mtime": "date from the file",
                       "gps": "date from GPS"}.get(f.get("taken_source") or "")
             parts.append(f"taken {text}" + (f" — {source}" if source else ""))
-        place = ", ".join(p for p in (f.get("place_city"), f.get("place_country")) if p)
+        place = place_label(f.get("place_city"), f.get("place_country"))
         if place:
             parts.append(_md(place))
         if f.get("camera"):

@@ -34,7 +34,11 @@ def stable_top(run: Callable[[int], Sequence[H]], n: int, *, limit: int = 100_00
     fetch = max(1, n)
     while True:
         found = list(run(fetch))
-        if by_score is None and any(h.score is None for h in found) or any(a.score < b.score for a, b in zip(found, found[1:])):  # type: ignore[operator]
+        unscored = any(h.score is None for h in found)
+        # Scores that rise somewhere: the search ordered the hits itself (a date order, or a concept
+        # sentence re-ranked by its soft AND), which is kept whatever `by_score` says.
+        reordered = not unscored and any(a.score < b.score for a, b in zip(found, found[1:]))  # type: ignore[operator]
+        if reordered or (by_score is None and unscored):
             return found[:n]  # the search's own order (by date, say): kept as it is
         hits = sorted(found, key=lambda h: (-h.score, h.id))  # type: ignore[operator]
         if len(hits) < fetch or len(hits) < n or hits[-1].score < hits[n - 1].score or fetch >= limit:

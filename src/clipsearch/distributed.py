@@ -445,7 +445,7 @@ def index_on_ray(lib: "Library", root: str | os.PathLike, *, encoder: EncoderSpe
                                                       plan.matches, lib.dim)
             report.added += report.copied
         if plan.gone:
-            gone_ids = np.array([row.id for row in plan.gone], dtype=np.int64)
+            gone_ids = lib.catalog.with_frames([row.id for row in plan.gone])  # a video's frames go with it
             lib.catalog.remove_images(gone_ids)
             if not rebuild:
                 lib.vector_index.remove(gone_ids)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from clipsearch.video import segment_around
+from clipsearch.video import segment_around, split_frame_path
 
 if TYPE_CHECKING:
     from clipsearch.catalog import Catalog
@@ -60,7 +60,7 @@ def _moment_hit(catalog: "Catalog", hit: "Hit", video_id: int, seconds: float, q
                 dim: int) -> "Hit":
     ids, times = catalog.frames_of(video_id)
     video = catalog.get_image(video_id)
-    path = video.path if video is not None else hit.path.split("#t=")[0]
+    path = video.path if video is not None else split_frame_path(hit.path)[0]
     segment = (seconds, seconds)
     others: list[tuple[float, float]] = []
     if query is not None and len(ids):

@@ -33,7 +33,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Place", "fold", "reverse_geocode", "reverse_geocode_many", "available"]
+__all__ = ["Place", "fold", "place_label", "reverse_geocode", "reverse_geocode_many", "available"]
 
 EARTH_RADIUS_KM = 6371.0088
 # Beyond this from any known place (open sea, ice), no place is named.
@@ -60,7 +60,12 @@ class Place:
 
     def label(self) -> str:
         """"Lisbon, Portugal"."""
-        return ", ".join(p for p in (self.city, self.country) if p)
+        return place_label(self.city, self.country) or ""
+
+
+def place_label(city: str | None, country: str | None) -> str | None:
+    """How a place is shown: "Lisbon, Portugal", "Portugal", or None when neither is known."""
+    return ", ".join(p for p in (city, country) if p) or None
 
 
 def fold(text: str | None) -> str | None:

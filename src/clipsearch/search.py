@@ -22,6 +22,7 @@ from clipsearch.concepts import (AND_DEPTH, Concept, LibrarySpace, and_scores, c
 from clipsearch.errors import QueryError
 from clipsearch.query import AUTO, Filters, Query, filters_where, parse
 from clipsearch.images import is_supported, load_image
+from clipsearch.places import place_label
 from clipsearch.filter_columns import FilterColumns
 from clipsearch.index import IdSet, VectorIndex
 from clipsearch.moments import group_moments
@@ -303,11 +304,6 @@ class Searcher:
                              "(it reads the metadata of the photos already indexed, without re-encoding them)")
         return self.filter_columns.id_set(filters)
 
-    def allowed_ids(self, filters: Filters) -> np.ndarray | None:
-        """The ids of the photos `filters` lets through, sorted (see `id_set`); None when nothing is filtered."""
-        found = self.id_set(filters)
-        return None if found is None else found.ids
-
     def run(self, query: "Query | str", k: int = 20, *, vector: np.ndarray | None = None,
             exclude_ids: Sequence[int] = ()) -> list[Hit]:
         """The hits of a query: its words ranked by score, or in date order above a cutoff; filters alone by date.
@@ -351,7 +347,8 @@ class Searcher:
         rows = self.catalog.get_images(i for _, i in pairs)
         hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
         hits = group_moments(self.catalog, hits, vector, self.index.dim, exclude=set(int(i) for i in exclude_ids))
-        by_id = {self._fact_ids(hits)[h.id]: h for h in hits}  # a video's moment is dated by the video
+        of = self._fact_ids(hits)  # a video's moment is dated by the video
+        by_id = {of[h.id]: h for h in hits}
         ids = self.catalog.ordered_ids("1", [], "taken_ts", descending=order == "newest", ids=list(by_id), limit=k)
         return self._with_facts([by_id[i] for i in ids])
 
@@ -430,7 +427,7 @@ class Searcher:
         out = []
         for h in hits:
             f = facts.get(of[h.id], {})
-            place = ", ".join(p for p in (f.get("place_city"), f.get("place_country")) if p) or None
+            place = place_label(f.get("place_city"), f.get("place_country"))
             out.append(dataclasses.replace(h, taken_at=f.get("taken_at"), place=place, camera=f.get("camera")))
         return out
 

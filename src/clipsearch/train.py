@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from clipsearch.errors import ImageLoadError, ModelError, TrainingError
-from clipsearch.train_defaults import (  # noqa: F401  (re-exported)
+from clipsearch.train_defaults import (
     FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_FREEZE, FINETUNE_LR, FREEZE_PARTS, SCRATCH_BATCH_SIZE,
     SCRATCH_EPOCHS, SCRATCH_LR,
 )
@@ -52,6 +52,7 @@ _RUN_DEFINING = ("csv", "model", "pretrained", "epochs", "batch_size", "lr", "wd
                  "eps", "grad_clip", "seed", "augment", "freeze")
 # What a checkpoint written before a field existed meant by its absence.
 _LEGACY_DEFAULTS: dict[str, Any] = {"freeze": "none"}
+_FINETUNE_LR_BEFORE_SWEEP = 1e-5  # what lr=None meant for fine-tuning in checkpoints before the sweep
 
 
 @dataclass(frozen=True)
@@ -118,25 +119,25 @@ class TrainConfig:
 
         return pretrained_name(self.pretrained) is None
 
+    def _default(self, value: Any, scratch: Any, finetune: Any) -> Any:
+        # An option left unset (None) takes the from-scratch or the fine-tuning default.
+        return value if value is not None else (scratch if self.from_scratch else finetune)
+
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (SCRATCH_LR if self.from_scratch else FINETUNE_LR)
+        return self._default(self.lr, SCRATCH_LR, FINETUNE_LR)
 
     @property
     def batch(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        return SCRATCH_BATCH_SIZE if self.from_scratch else FINETUNE_BATCH_SIZE
+        return self._default(self.batch_size, SCRATCH_BATCH_SIZE, FINETUNE_BATCH_SIZE)
 
     @property
     def num_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else (SCRATCH_EPOCHS if self.from_scratch else FINETUNE_EPOCHS)
+        return self._default(self.epochs, SCRATCH_EPOCHS, FINETUNE_EPOCHS)
 
     @property
     def frozen_part(self) -> str:
-        if self.freeze is not None:
-            return self.freeze
-        return "none" if self.from_scratch else FINETUNE_FREEZE
+        return self._default(self.freeze, "none", FINETUNE_FREEZE)
 
 
 @dataclass(frozen=True)
@@ -520,6 +521,8 @@ def _encode_all(model: Any, val: _ValSet, tokenizer: Any, precision: str, device
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, out: Path) -> None:
     now = asdict(config)
     before = {k: saved.get(k, _LEGACY_DEFAULTS.get(k)) for k in _RUN_DEFINING}
+    if before["lr"] is None:  # written before the learning rate was recorded resolved: the defaults then
+        before["lr"] = SCRATCH_LR if config.from_scratch else _FINETUNE_LR_BEFORE_SWEEP
     changed = [f"{k}: {before[k]!r} -> {now[k]!r}" for k in _RUN_DEFINING if before[k] != now[k]]
     if changed:
         raise TrainingError(f"cannot resume the run in {out} with different settings ({'; '.join(changed)}); "
@@ -530,7 +533,8 @@ def _normalised_config(config: TrainConfig) -> TrainConfig:
     # Absolute paths, so a resumed run compares equal whatever the working directory; the
     # from-scratch / fine-tuning defaults resolved, so the checkpoint records what ran.
     updates: dict[str, Any] = {"csv": os.path.abspath(config.csv), "out": os.path.abspath(config.out),
-                               "epochs": config.num_epochs, "freeze": config.frozen_part, "batch_size": config.batch}
+                               "epochs": config.num_epochs, "freeze": config.frozen_part, "batch_size": config.batch,
+                               "lr": config.learning_rate}
     if config.val:
         updates["val"] = os.path.abspath(config.val)
     if config.model.endswith(".json"):

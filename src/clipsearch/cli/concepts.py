@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from clipsearch.cli.common import add_library_args, open_library
 
@@ -34,7 +35,7 @@ def _cmd_concept(args: argparse.Namespace) -> int:
             removed = len(args.names) - len(missing)
             print(f"{removed} concept{'s' if removed != 1 else ''} removed")
             if missing:
-                print(f"not found: {', '.join(missing)}")
+                print(f"clipsearch: error: no concept named {', '.join(missing)}", file=sys.stderr)
                 return 1
     return 0
 
