@@ -27,6 +27,9 @@ def test_selected_photos_named_become_a_word_in_search(actions, library, colour_
     assert out.rows[0][:2] == ["warm", 2]
     top = {h.path for h in library.search("warm", k=2)}
     assert top == {colour_photos["red"], colour_photos["orange"]}
+    # A file path typed in the box is not read (the UI reads no file a visitor names): left out, and said.
+    out = actions.name_these("warm", f"#{ids['red']} {colour_photos['blue']}", None, replace=True)
+    assert "from 1 photos" in out.status and "Left out" in out.status and colour_photos["blue"] in out.status
 
 
 def test_name_these_says_what_is_missing_or_wrong(actions, library, colour_photos):

@@ -74,6 +74,11 @@ class ConceptActions:
         except ClipSearchError as exc:
             return ConceptOutput(f"Could not make the concept: {exc}", self.rows(), examples or "")
         status = f"Made **{concept.name}** from {concept.examples} photos. Search for *{concept.name} at night*."
+        ignored = [t for t in re.split(r"[\s,]+", examples or "") if t and not re.fullmatch(r"#\d+", t)]
+        if ignored:
+            shown = ", ".join("`" + t.replace("`", "'") + "`" for t in ignored[:5])
+            status += (f"\n\nLeft out {shown}: the box takes indexed photos as "
+                       "*#ID*; upload other images instead.")
         if concept.weak:
             status += (f"\n\n**Weak concept** (coherence {concept.coherence:.2f}): the photos look like different "
                        "things, so searches with it will mix them. Keep photos of one thing only.")
