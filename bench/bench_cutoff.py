@@ -3,12 +3,15 @@
     python bench/bench_cutoff.py --n 2000                            # the report: the demo's photos, query seed 7
     python bench/bench_cutoff.py --n 2000 --library-seed 1 --seed 1  # where the parameters were set
     python bench/bench_cutoff.py --n 2000 --pretrained runs/ft/final.safetensors  # a fine-tuned toyworld model
+    python bench/bench_cutoff.py --n 2000 --size 64                  # photos drawn at the bundled model's own 64 px
 
-Draws (once) a toy-world photo collection of `--n` photos (two thirds seen combinations,
+Draws (once) a toy-world photo collection of `--n` photos at `--size` pixels (256, the demo's, by
+default; the bundled model was trained on 64-pixel drawings; two thirds seen combinations,
 one third held-out ones, as the demo does; `--library-seed 0` draws the demo's very
 photos, others a separate collection), indexes it with the bundled model (or the
 toyworld checkpoint `--pretrained` names, in a library folder of its own beside the same
-photos), and runs three query families:
+photos), and runs three query families (`clipsearch.evaluate.relevance_queries`, which the
+test of the cutoff's precision and recall uses too):
 
 * full descriptions of scenes the library holds (60): a photo is relevant when its
   canonical caption describes the query's scene (also from its other object: "B right of
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,55 +43,7 @@ from pathlib import Path
 import numpy as np
 from common import cpu_model
 
-FORMS = ("colour object", "colour object time", "colour object setting", "object setting time")
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _queries(scenes: list, seed: int, n_full: int = 60, n_absent: int = 30, n_partial: int = 60
-             ) -> list[tuple[str, str, np.ndarray]]:
-    """(family, text, relevant mask over `scenes`) of the three query families."""
-    from clipsearch import toyworld as tw
-
-    rng = np.random.default_rng(seed)
-    names = [tw.canonical(s) for s in scenes]
-    swapped = [tw.canonical(s.swapped()) for s in scenes]
-    have = set(names) | set(swapped)
-    distinct = sorted(set(names))
-    out: list[tuple[str, str, np.ndarray]] = []
-    for i in rng.choice(len(distinct), min(n_full, len(distinct)), replace=False):
-        want = distinct[i]
-        out.append(("full", want, np.array([a == want or b == want for a, b in zip(names, swapped)])))
-    absent: set[str] = set()
-    while len(absent) < n_absent:
-        text = tw.canonical(tw.sample_scene(rng, "seen" if rng.random() < 0.67 else "test"))
-        if text not in have and text not in absent:
-            absent.add(text)
-            out.append(("absent", text, np.zeros(len(scenes), bool)))
-    partial: set[str] = set()
-    while len(partial) < n_partial:
-        scene = scenes[int(rng.integers(len(scenes)))]
-        colour, obj = scene.objects[int(rng.integers(len(scene.objects)))]
-        form = FORMS[len(partial) % len(FORMS)]
-        when, where = tw.TIME_PHRASE[scene.time], tw.SETTING_PHRASE[scene.setting]
-        text = {"colour object": f"{_article(colour)} {colour} {obj}",
-                "colour object time": f"{_article(colour)} {colour} {obj} {when}",
-                "colour object setting": f"{_article(colour)} {colour} {obj} {where}",
-                "object setting time": f"{_article(obj)} {obj} {where} {when}"}[form]
-        if text in partial:
-            continue
-        partial.add(text)
-        relevant = np.array([
-            ((colour, obj) in s.objects if "colour" in form else any(o == obj for _, o in s.objects))
-            and ("time" not in form or s.time == scene.time) and ("setting" not in form or s.setting == scene.setting)
-            for s in scenes])
-        out.append(("partial", text, relevant))
-    return out
-
-
-def _collection(data: Path, n: int, library_seed: int) -> dict[str, object]:
+def _collection(data: Path, n: int, library_seed: int, size: int = 256) -> dict[str, object]:
     """Generate (once) the photos; return path -> scene."""
     from clipsearch import toyworld as tw
 
@@ -97,26 +53,16 @@ def _collection(data: Path, n: int, library_seed: int) -> dict[str, object]:
         count, seed = max(1, round(n * share)), seed + 1000 * library_seed  # library seed 0: the demo's photos
         csv_path = folder / "captions.csv"
         if not csv_path.is_file() or sum(1 for _ in csv_path.open(encoding="utf-8")) != count + 1:
-            tw.generate(folder, count, split=split, seed=seed, progress=False)
+            tw.generate(folder, count, split=split, seed=seed, size=size, progress=False)
         with csv_path.open(newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 scenes[os.path.realpath(folder / row["filepath"])] = tw.parse_canonical(row["canonical"])
     return scenes
 
 
-def _stats(rows: list[tuple[int, int, int]]) -> dict[str, float]:
-    """Pooled and mean-per-query precision/recall of (true positives, kept, relevant) rows."""
-    tp, kept, rel = (sum(r[i] for r in rows) for i in range(3))
-    return {"precision": tp / kept if kept else float("nan"), "recall": tp / rel if rel else float("nan"),
-            "mean_precision": float(np.mean([t / k if k else (1.0 if not r else 0.0) for t, k, r in rows])),
-            "mean_recall": float(np.mean([t / r if r else 1.0 for t, k, r in rows])),
-            "kept_nothing": float(np.mean([k == 0 for _, k, _ in rows]))}
-
-
 def _latency_at(n: int, dim: int, queries: np.ndarray, calibration) -> tuple[float, float, float]:
     """p50 ms over an n-photo flat index (random vectors; the cost is shape-bound) of: the cutoff's sums
     over the calibration's sample (QUERY_SAMPLE photos), its index lookup of the best photo, a top-10 search."""
-    import dataclasses
 
     import faiss
 
@@ -146,7 +92,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--library-seed", type=int, default=0, help="0: the demo's photos; others: another collection")
     ap.add_argument("--seed", type=int, default=7, help="query seed")
-    ap.add_argument("--data", default=None, help="default /tmp/clipsearch-cutoff-bench-<n>-<library seed>")
+    ap.add_argument("--size", type=int, default=256, help="photo size in pixels: 256 (default) is the demo's; 64 is "
+                    "what the bundled model was trained on")
+    ap.add_argument("--data", default=None, help="default /tmp/clipsearch-cutoff-bench-<n>-<library seed>[-<size>]")
     ap.add_argument("--json", default=None, help="write the figures here too")
     ap.add_argument("--pretrained", default="bundled",
                     help="the toyworld model's weights: bundled (default) or a checkpoint file, e.g. a "
@@ -159,11 +107,13 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)  # on a shared, loaded machine two OpenMP threads wait on each other for 50 ms
     from clipsearch.cutoff import QUERY_SAMPLE, RELATIVE, TAIL_QUANTILE, calibration_for
+    from clipsearch.evaluate import cutoff_scores, relevance_queries
     from clipsearch.library import Library
 
-    data = Path(args.data or f"/tmp/clipsearch-cutoff-bench-{args.n}-{args.library_seed}")
+    suffix = "" if args.size == 256 else f"-{args.size}"
+    data = Path(args.data or f"/tmp/clipsearch-cutoff-bench-{args.n}-{args.library_seed}{suffix}")
     started = time.perf_counter()
-    by_path = _collection(data, args.n, args.library_seed)
+    by_path = _collection(data, args.n, args.library_seed, args.size)
     pretrained = "bundled" if args.pretrained == "bundled" else os.path.realpath(args.pretrained)
     model_label = "bundled model" if pretrained == "bundled" else f"toyworld model {pretrained}"
     if pretrained == "bundled":
@@ -178,10 +128,10 @@ def main() -> None:
         ids, vectors = lib.vectors()
         scenes = [by_path[os.path.realpath(lib.get_image(int(i)).path)] for i in ids.tolist()]
         calibration = calibration_for(lib.searcher)
-        queries = _queries(scenes, args.seed)
+        queries = relevance_queries(scenes, args.seed)
         rows: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
         r_prec, qvecs = [0, 0], []
-        for family, text, relevant in queries:
+        for family, text, relevant in ((q.family, q.text, q.relevant) for q in queries):
             v = lib.query_vector(text)
             qvecs.append(v)
             cut = lib.searcher.auto_cutoff(v)
@@ -215,7 +165,7 @@ def main() -> None:
         by = {family: rows[(method, family)] for family in ("full", "absent", "partial")}
         by["all"] = by["full"] + by["absent"]
         for family in ("full", "absent", "all", "partial"):
-            st = figures[f"{method} {family}"] = _stats(by[family])
+            st = figures[f"{method} {family}"] = dataclasses.asdict(cutoff_scores(by[family]))
             cells = [f"{st[k]:.3f}" if st[k] == st[k] else "—" for k in
                      ("precision", "recall", "mean_precision", "mean_recall", "kept_nothing")]
             print(f"| {method} | {labels[family]} | {len(by[family])} | " + " | ".join(cells) + " |")

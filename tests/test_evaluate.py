@@ -287,3 +287,32 @@ def test_eval_command_prints_a_side_by_side_table(tmp_path: Path, monkeypatch: p
     r1 = next(line for line in out.splitlines() if line.startswith("text→image") and "R@1" in line)
     assert r1.split()[-2:] == ["1.000", "0.000"]
     assert any(line.startswith("analogy") and "top-5" in line for line in out.splitlines())
+
+
+def test_relevance_queries_say_which_photos_each_query_is_about() -> None:
+    from clipsearch.evaluate import cutoff_scores, relevance_queries
+
+    scenes = [tw.parse_canonical(t) for t in (
+        "a red car left of a blue boat on a road at night",
+        "a blue boat right of a red car on a road at night",   # the same picture, described from the boat
+        "a red car left of a blue boat on a road by day",
+        "two red cars on a road at night",
+        "one green tree in a field by day",
+    )]
+    queries = relevance_queries(scenes, seed=0, n_full=5, n_absent=3, n_partial=8)
+    assert [q.family for q in queries] == ["full"] * 5 + ["absent"] * 3 + ["partial"] * 8
+    by_text = {q.text: q.relevant.astype(int).tolist() for q in queries}
+    assert by_text["a red car left of a blue boat on a road at night"] == [1, 1, 0, 0, 0]
+    assert by_text["a blue boat right of a red car on a road at night"] == [1, 1, 0, 0, 0]
+    assert by_text["two red cars on a road at night"] == [0, 0, 0, 1, 0]
+    assert by_text["a red car at night"] == [1, 1, 0, 1, 0]  # either object of a relation, any count
+    assert by_text["a car on a road by day"] == [0, 0, 1, 0, 0]
+    assert by_text["a blue boat"] == [1, 1, 1, 0, 0]
+    for q in queries[5:8]:  # scenes the collection does not hold: nothing is relevant
+        assert q.text not in {tw.canonical(s) for s in scenes} and not q.relevant.any()
+    # Scores: pooled and per query; a query with nothing relevant that keeps nothing is right.
+    s = cutoff_scores([(1, 2, 1), (0, 0, 0), (2, 2, 4)])
+    assert (s.precision, s.recall, s.kept_nothing, s.queries) == (0.75, 0.6, 1 / 3, 3)
+    assert s.mean_precision == pytest.approx((0.5 + 1.0 + 1.0) / 3) and s.mean_recall == pytest.approx((1 + 1 + .5) / 3)
+    with pytest.raises(ValueError):
+        cutoff_scores([])

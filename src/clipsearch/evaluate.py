@@ -383,3 +383,103 @@ def evaluate(encoder: "Encoder", csv_path: str | os.PathLike[str], *, relevance:
         encode_texts=lambda t: np.asarray(encoder.encode_texts(t), dtype=np.float32),
         analogy=analogy, analogy_template=analogy_template, max_analogy_queries=max_analogy_queries,
         seed=seed, csv_path=str(csv_path), started=started)
+
+
+# ---------------------------------------------------------------------------------------
+# Relevance cutoffs (`min:auto`): toy-world queries whose captions say which photos match
+
+CUTOFF_QUERY_FAMILIES = ("full", "absent", "partial")
+PARTIAL_FORMS = ("colour object", "colour object time", "colour object setting", "object setting time")
+
+
+@dataclass(frozen=True)
+class RelevanceQuery:
+    """A query and the photos it is about: `relevant[i]` for the i-th of the scenes it was drawn from.
+
+    `family`: "full" (the canonical description of a scene the collection holds), "absent" (of
+    a scene it does not hold: nothing is relevant) or "partial" (what a person types: "a red
+    car at night"; every photo showing that, whatever else it shows, is relevant).
+    """
+
+    family: str
+    text: str
+    relevant: np.ndarray
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def relevance_queries(scenes: Sequence["Scene"], seed: int, *, n_full: int = 60, n_absent: int = 30,
+                      n_partial: int = 60) -> list[RelevanceQuery]:
+    """Toy-world queries over a collection of `scenes` (one per photo), with the photos each is about.
+
+    Full descriptions: `n_full` distinct scenes of the collection; a photo is relevant when its
+    canonical caption describes that scene (also from its other object: "B right of A" for "A
+    left of B"). Absent: `n_absent` scenes drawn like the collection's (two thirds seen
+    combinations) that it does not hold. Partial: `n_partial` of the `PARTIAL_FORMS`, in turn, from
+    random photos; a photo is relevant when it shows such an object (either object of a relation,
+    any count) in that setting / at that time.
+    """
+    from clipsearch import toyworld as tw
+
+    rng = np.random.default_rng(seed)
+    names = [tw.canonical(s) for s in scenes]
+    swapped = [tw.canonical(s.swapped()) for s in scenes]
+    have = set(names) | set(swapped)
+    distinct = sorted(set(names))
+    out: list[RelevanceQuery] = []
+    for i in rng.choice(len(distinct), min(n_full, len(distinct)), replace=False):
+        want = distinct[i]
+        out.append(RelevanceQuery("full", want, np.array([a == want or b == want for a, b in zip(names, swapped)])))
+    absent: set[str] = set()
+    while len(absent) < n_absent:
+        text = tw.canonical(tw.sample_scene(rng, "seen" if rng.random() < 0.67 else "test"))
+        if text not in have and text not in absent:
+            absent.add(text)
+            out.append(RelevanceQuery("absent", text, np.zeros(len(scenes), bool)))
+    partial: set[str] = set()
+    while len(partial) < n_partial:
+        scene = scenes[int(rng.integers(len(scenes)))]
+        colour, obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        form = PARTIAL_FORMS[len(partial) % len(PARTIAL_FORMS)]
+        when, where = tw.TIME_PHRASE[scene.time], tw.SETTING_PHRASE[scene.setting]
+        text = {"colour object": f"{_article(colour)} {colour} {obj}",
+                "colour object time": f"{_article(colour)} {colour} {obj} {when}",
+                "colour object setting": f"{_article(colour)} {colour} {obj} {where}",
+                "object setting time": f"{_article(obj)} {obj} {where} {when}"}[form]
+        if text in partial:
+            continue
+        partial.add(text)
+        relevant = np.array([
+            ((colour, obj) in s.objects if "colour" in form else any(o == obj for _, o in s.objects))
+            and ("time" not in form or s.time == scene.time) and ("setting" not in form or s.setting == scene.setting)
+            for s in scenes])
+        out.append(RelevanceQuery("partial", text, relevant))
+    return out
+
+
+@dataclass(frozen=True)
+class CutoffScores:
+    """What a cutoff kept over a set of queries: precision and recall pooled over the photos and
+    averaged per query (a query with nothing relevant that keeps nothing counts as precision 1),
+    and the share of queries that kept nothing."""
+
+    precision: float
+    recall: float
+    mean_precision: float
+    mean_recall: float
+    kept_nothing: float
+    queries: int
+
+
+def cutoff_scores(rows: Sequence[tuple[int, int, int]]) -> CutoffScores:
+    """Score (true positives, kept, relevant) rows, one per query; nan where a ratio has no denominator."""
+    if not rows:
+        raise ValueError("no queries to score")
+    tp, kept, rel = (sum(r[i] for r in rows) for i in range(3))
+    return CutoffScores(
+        precision=tp / kept if kept else float("nan"), recall=tp / rel if rel else float("nan"),
+        mean_precision=float(np.mean([t / k if k else (1.0 if not r else 0.0) for t, k, r in rows])),
+        mean_recall=float(np.mean([t / r if r else 1.0 for t, k, r in rows])),
+        kept_nothing=float(np.mean([k == 0 for _, k, _ in rows])), queries=len(rows))
