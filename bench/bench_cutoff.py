@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -58,6 +59,45 @@ def _collection(data: Path, n: int, library_seed: int, size: int = 256) -> dict[
             for row in csv.DictReader(fh):
                 scenes[os.path.realpath(folder / row["filepath"])] = tw.parse_canonical(row["canonical"])
     return scenes
+
+
+CONTRAST_WORDS = ("red orange yellow green blue purple white black pink brown grey".split(),
+                  "two three four five".split())
+CONTRAST_PHRASES = (("left of", "right of", "above", "below"), ("by day", "at night", "at sunset"))
+
+
+def _edits(text: str) -> list[str]:
+    """The query with one colour, count, spatial relation or time of day swapped for another of its kind."""
+    out: set[str] = set()
+    words = text.split()
+    for i, word in enumerate(words):
+        for kind in CONTRAST_WORDS:
+            if word in kind:
+                out.update(" ".join(words[:i] + [other] + words[i + 1:]) for other in kind if other != word)
+    for kind in CONTRAST_PHRASES:
+        for phrase in kind:
+            for m in re.finditer(rf"\b{re.escape(phrase)}\b", text):
+                out.update(text[:m.start()] + other + text[m.end():] for other in kind if other != phrase)
+    out.discard(text)
+    return sorted(out)
+
+
+def _contrast(lib, text: str, vector: np.ndarray, vectors: np.ndarray, kept: np.ndarray, mu: float,
+              calibration) -> np.ndarray:
+    """`kept` less the photos that a one-word edit of the query describes better (by more than mu x spread)."""
+    from clipsearch.cutoff import tail_start
+
+    edits = _edits(text)
+    if not edits or not kept.any():
+        return kept
+    scores = vectors @ vector
+    tail = tail_start(calibration.sample @ vector)
+    rivals = np.asarray(lib.searcher.encoder.encode_texts(edits), np.float32)
+    idx = np.flatnonzero(kept)
+    beaten = scores[idx] < (vectors[idx] @ rivals.T).max(axis=1) - mu * (scores.max() - tail)
+    out = kept.copy()
+    out[idx[beaten]] = False
+    return out
 
 
 def _latency_at(n: int, dim: int, queries: np.ndarray, calibration) -> tuple[float, float, float]:
@@ -99,6 +139,10 @@ def main() -> None:
     ap.add_argument("--pretrained", default="bundled",
                     help="the toyworld model's weights: bundled (default) or a checkpoint file, e.g. a "
                          "`clipsearch train` run's final.safetensors")
+    ap.add_argument("--contrast", type=float, default=None, metavar="MU",
+                    help="also measure min:auto with a contrast test (measured, not chosen): a kept photo must "
+                         "score the query at least as well as each one-word edit of it (another colour, count, "
+                         "relation or time of day) less MU x (best - q90)")
     args = ap.parse_args()
     if args.pretrained != "bundled" and not Path(args.pretrained).is_file():
         ap.error(f"--pretrained {args.pretrained}: no such checkpoint file (give 'bundled' or a .safetensors file)")
@@ -136,7 +180,10 @@ def main() -> None:
             qvecs.append(v)
             cut = lib.searcher.auto_cutoff(v)
             scores = vectors @ v
-            for method, keep in (("min:auto", scores >= cut), ("global", scores >= calibration.threshold)):
+            keeps = [("min:auto", scores >= cut), ("global", scores >= calibration.threshold)]
+            if args.contrast is not None:
+                keeps.append(("contrast", _contrast(lib, text, v, vectors, scores >= cut, args.contrast, calibration)))
+            for method, keep in keeps:
                 rows.setdefault((method, family), []).append(
                     (int((keep & relevant).sum()), int(keep.sum()), int(relevant.sum())))
             if family == "full":
@@ -161,7 +208,7 @@ def main() -> None:
     labels = {"full": "full descriptions, in the library", "absent": "full descriptions, not in the library",
               "all": "full descriptions, all", "partial": "partial descriptions"}
     figures: dict[str, dict[str, float]] = {}
-    for method in ("min:auto", "global"):
+    for method in ("min:auto", "global") + (("contrast",) if args.contrast is not None else ()):
         by = {family: rows[(method, family)] for family in ("full", "absent", "partial")}
         by["all"] = by["full"] + by["absent"]
         for family in ("full", "absent", "all", "partial"):
