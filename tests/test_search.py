@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from fakes import FakeEncoder, write_colour_photos
@@ -17,7 +18,7 @@ from fakes import FakeEncoder, write_colour_photos
 from clipsearch import Library, QueryError
 from clipsearch.images import load_image
 from clipsearch.index import exact_search
-from clipsearch.search import Hit, parse_query
+from clipsearch.search import Hit, names_image_file, parse_query
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -297,3 +298,15 @@ def test_nearest_texts_labels_many_vectors_in_one_batch_and_image_refs_are_read_
     red = ids[paths.index(next(p for p in paths if p.endswith("red.jpg")))]
     assert library.describe(f"#{red}", k=1)[0].text == "red"
     assert library.search_image(f"#{red}", k=1)[0].id != red  # itself excluded, as for an int id
+
+
+def test_names_image_file_judges_by_extension_alone(tmp_path: Path) -> None:
+    """What servers refuse: an image term named by path, whether or not the file exists; #ids and filters pass."""
+    real = tmp_path / "a.jpg"
+    Image.new("RGB", (4, 4)).save(real)
+    assert names_image_file(f"beach + {real}") and names_image_file("beach + /nowhere/b.png")
+    assert names_image_file("/nowhere/b.heic place:Lisbon")
+    assert not names_image_file("beach + #12 - people") and not names_image_file("place:Lisbon after:2019")
+    assert not names_image_file("a photo of notes.txt")
+    with pytest.raises(QueryError):
+        names_image_file("beach near:abc")

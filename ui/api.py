@@ -489,14 +489,13 @@ def _refuse_paths(query: str) -> None:
     # The API reads no file a caller names: image terms must be #ID (judged by extension only,
     # so the answer never tells whether such a file exists).
     from clipsearch.errors import QueryError
-    from clipsearch.query import parse
-    from clipsearch.search import parse_query
+    from clipsearch.search import names_image_file
 
     try:
-        words = parse(query).text  # filters (place:Lisbon, after:2019) name no file
+        named = names_image_file(query)
     except QueryError as exc:
         raise ApiError(400, "bad_query", str(exc)) from None
-    if words and any(t.image_path for t in parse_query(words, is_image_file=is_supported)):
+    if named:
         raise ApiError(400, "bad_query", "photos can't be named by file path here: use #ID of an indexed photo, "
                                          "or POST /api/search/image with the image")
 

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Sequence
 
 
 from clipsearch.errors import ClipSearchError, ImageLoadError, QueryError
-from clipsearch.images import is_supported, load_image
+from clipsearch.images import load_image
 from clipsearch.places import place_label
 from clipsearch.video import format_time, is_video, split_frame_path
 from clipsearch.query import Filters, Query, parse
-from clipsearch.search import parse_query
+from clipsearch.search import names_image_file
 from clipsearch.texts import parse_labels  # noqa: F401  (re-exported: the labels box)
 
 from clipsearch_ui import explore
@@ -138,8 +138,7 @@ def check_query(query: str) -> None:
 
     Judged by the extension alone, so the answer never tells whether such a file exists.
     """
-    words = parse(query).text  # filters (place:Lisbon) name no file
-    if words and any(t.image_path for t in parse_query(words, is_image_file=is_supported)):
+    if names_image_file(query):
         raise QueryError("photos can't be named by file path here: upload the image (Search → By image), "
                          "or use #ID of an indexed photo")
 

@@ -150,6 +150,14 @@ def _is_image_file(term: str) -> bool:
     return is_supported(path) and os.path.isfile(path)
 
 
+def names_image_file(query: str) -> bool:
+    """True when a query's words name an image by file path (`beach + ~/a.jpg`), judged by the extension
+    alone, so the answer never says whether such a file exists. For servers, which read no file a visitor
+    names; QueryError when the query does not parse."""
+    words = parse(query).text  # filters (place:Lisbon, after:2019) name no file
+    return bool(words) and any(t.image_path for t in parse_query(words, is_image_file=is_supported))
+
+
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     """Weighted sum of unit vectors, renormalised; QueryError when the terms cancel out."""
     total = (np.asarray(weights, np.float32)[:, None] * np.asarray(vectors, np.float32)).sum(axis=0)
