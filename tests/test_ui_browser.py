@@ -415,3 +415,46 @@ def test_date_place_camera_type_filters_and_newest_first(browser, meta_server, r
         raise
     finally:
         context.close()
+
+
+def open_tab(page: Any, name: str) -> None:
+    """Open a top-level tab; at a phone's width Gradio folds the later ones into its "More tabs" menu."""
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.is_visible():
+        tab.click()
+        return
+    page.locator('button[aria-label="More tabs"]').first.click()
+    page.locator("button:visible", has_text=name).last.click()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_a_concept_is_named_from_picked_photos_and_searched_by_its_name(page, width):
+    """Pick photos in Search, add each in the Concepts tab (folded away at 400 px), name them, search by the name."""
+    from playwright.sync_api import expect
+
+    name = f"warmcolour{width}"
+    picked = []
+    for colour in ("red", "yellow"):
+        search(page, colour)
+        tiles(page).first.click()
+        picked.append(shown_names(page)[0])
+        open_tab(page, "Concepts")
+        page.locator("#concept-add-selected").click()
+        expect(page.locator("#concept-examples textarea")).to_have_value(re.compile(r"^(#\d+ ?){%d}$" % len(picked)))
+        open_tab(page, "Search")
+    assert picked == ["red", "yellow"]
+    open_tab(page, "Concepts")
+    page.locator("#concept-name input, #concept-name textarea").first.fill(name)
+    page.locator("#concept-name-these").click()
+    expect(page.locator("#concept-status")).to_contain_text(f"Made {name} from 2 photos")
+    expect(page.locator("#concept-table")).to_contain_text(name)
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
+    try:
+        open_tab(page, "Search")
+        search(page, name)
+        assert set(shown_names(page)[:2]) == {"red", "yellow"}, shown_names(page)
+    finally:  # the server is shared by the module's tests: leave no concept behind
+        open_tab(page, "Concepts")
+        page.get_by_placeholder("name to remove").fill(name)
+        page.locator("#concept-remove").click()
+        expect(page.locator("#concept-table")).not_to_contain_text(name)

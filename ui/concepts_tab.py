@@ -115,8 +115,9 @@ def build(ctx: "AppContext", tab: gr.Tab) -> dict:
             table = gr.Dataframe(headers=HEADERS, value=actions.rows, interactive=False, label="Concepts",
                                  elem_id="concept-table")
             with gr.Row():
-                remove_name = gr.Textbox(show_label=False, placeholder="name to remove", max_length=40, scale=2)
-                remove_btn = gr.Button("Remove", min_width=100, scale=1)
+                remove_name = gr.Textbox(show_label=False, placeholder="name to remove", max_length=40, scale=2,
+                                         elem_id="concept-remove-name")
+                remove_btn = gr.Button("Remove", min_width=100, scale=1, elem_id="concept-remove")
 
     search = ctx.parts.get("search")
     if search is not None:
