@@ -298,3 +298,27 @@ def test_decoded_image_gives_the_files_size(tmp_path: Path) -> None:
     m = read_metadata(path, small)
     assert (m.pixel_width, m.pixel_height, m.orientation) == (64, 48, 6)
     assert m.camera == "Apple iPhone 12"
+
+
+@pytest.mark.parametrize("tags, size, expect", [
+    # A huge altitude (a float of 400 digits is inf) and a zero frame size: missing, the rest kept.
+    ({"creation_time": "2019-07-14T18:30:00Z", "location": "+38.7223-009.1393+" + "9" * 400 + "/"}, (0, 48),
+     {"taken_source": "video", "gps_lat": 38.7223, "gps_alt": None, "pixel_width": None, "pixel_height": 48}),
+    ({"creation_time": "0000-00-00T00:00:00Z", "location": "+91.0+200.0/", "make": "\x00"}, (64, 48),
+     {"taken_source": "mtime", "gps_lat": None, "gps_lon": None, "camera_make": None, "pixel_width": 64}),
+    ({"com.apple.quicktime.creationdate": "2021-02-03T04:05:06+0100",
+      "com.apple.quicktime.location.ISO6709": "-33.8688+151.2093-012.5/", "com.apple.quicktime.model": "iPhone 12"},
+     (1920, 1080), {"taken_at": "2021-02-03T04:05:06+01:00", "gps_lon": 151.2093, "gps_alt": -12.5,
+                    "camera_model": "iPhone 12"}),
+])
+def test_a_videos_hostile_or_odd_tags_cost_fields_never_the_video(tmp_path: Path, monkeypatch, tags, size,
+                                                                  expect) -> None:
+    import clipsearch.video
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(clipsearch.video, "video_tags", lambda path: (tags, size))
+    meta = read_metadata(clip)
+    assert meta.file_type == "video" and meta.file_size == 64
+    for field, value in expect.items():
+        assert getattr(meta, field) == value, (field, getattr(meta, field))

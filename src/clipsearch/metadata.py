@@ -544,7 +544,7 @@ def _video_facts(path: str, stat: os.stat_result | None) -> PhotoMetadata:
     if found:
         lat = _in_range(float(found.group(1)), -90.0, 90.0)
         lon = _in_range(float(found.group(2)), -180.0, 180.0)
-        alt = float(found.group(3)) if found.group(3) and lat is not None else None
+        alt = _in_range(float(found.group(3)), -100_000.0, 100_000.0) if found.group(3) and lat is not None else None
         if lat is None or lon is None or (lat == 0.0 and lon == 0.0):
             lat = lon = alt = None
     offset = int(taken.utcoffset().total_seconds() // 60) if taken is not None and taken.utcoffset() is not None \
@@ -556,7 +556,8 @@ def _video_facts(path: str, stat: os.stat_result | None) -> PhotoMetadata:
         gps_alt=round(alt, 2) if alt is not None else None,
         camera_make=_text(tags.get("com.apple.quicktime.make") or tags.get("make")),
         camera_model=_text(tags.get("com.apple.quicktime.model") or tags.get("model")),
-        pixel_width=width, pixel_height=height, file_type="video",
+        pixel_width=width if width and width > 0 else None, pixel_height=height if height and height > 0 else None,
+        file_type="video",
         file_size=int(stat.st_size) if stat is not None else None)
 
 
