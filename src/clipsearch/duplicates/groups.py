@@ -300,9 +300,6 @@ def fast_codes(clip: np.ndarray, hash_distance: np.ndarray, rotation: np.ndarray
         # a caption; the capture time can). A burst within one second without sub-second
         # times in its EXIF would be taken for copies here: verify="pixels" tells them apart.
         out[known & moment & (seconds < 0.5)] = COPY
-        near = known & (out == NO_LEVEL) & (seconds <= options.moment_seconds) & (clip >= options.fast_moment_clip) \
-            & (hash_distance <= options.fast_moment_hash)
-        out[near] = MOMENT
     return out
 
 
