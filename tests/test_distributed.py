@@ -293,6 +293,16 @@ def test_videos_on_ray_as_on_one_machine(ray_cluster: str, tmp_path: Path) -> No
     for query in ("blue", "green", "yellow"):
         a, b = single.search(query, k=3), dist.search(query, k=3)
         assert [(h.path, h.time, h.segment) for h in a] == [(h.path, h.time, h.segment) for h in b]
+    # A deleted video takes its frame vectors with it, on Ray as on one machine.
+    (folder / "trip.mp4").unlink()
+    single.index(folder, index_kind="flat")
+    report = index_on_ray(dist, folder, encoder=EncoderSpec(factory=FakeEncoder), options=RayOptions(workers=1),
+                          index_kind="flat")
+    assert report.removed == 1
+    assert (dist.info().videos, dist.info().video_frames) == (single.info().videos, single.info().video_frames) \
+        == (1, single.info().video_frames) and single.info().video_frames > 0
+    assert dist.searcher.index.ntotal == single.searcher.index.ntotal == len(dist.vectors()[0])
+    assert all("trip.mp4" not in h.path for h in dist.search("red", k=10))
     single.close()
     dist.close()
 
