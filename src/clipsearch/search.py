@@ -349,11 +349,9 @@ class Searcher:
             if parts and AND_DEPTH:
                 hits = self.and_rerank(hits, parts)[:k]
             return self._with_facts(hits)
-        pairs = self._above(vector, cutoff, allowed, exclude_ids)
-        if not pairs:
+        hits = self._above(vector, cutoff, allowed, exclude_ids)
+        if not hits:
             return []
-        rows = self.catalog.get_images(i for _, i in pairs)
-        hits = [Hit(rows[i].path, s, i) for s, i in pairs if i in rows]
         hits = group_moments(self.catalog, hits, vector, self.index.dim, exclude=set(int(i) for i in exclude_ids))
         of = self._fact_ids(hits)  # a video's moment is dated by the video
         by_id = {of[h.id]: h for h in hits}
@@ -369,8 +367,8 @@ class Searcher:
         return auto_cutoff(self, vector, exclude_ids)
 
     def _above(self, vector: np.ndarray, cutoff: float | None, allowed: IdSet | None,
-               exclude_ids: Sequence[int]) -> list[tuple[float, int]]:
-        """(score, id) of every photo scoring at least `cutoff` (at most DATE_ORDER_MAX of the best)."""
+               exclude_ids: Sequence[int]) -> list[Hit]:
+        """Every photo scoring at least `cutoff` (at most DATE_ORDER_MAX of the best), best first."""
         excluded = set(int(i) for i in exclude_ids)
         fetch = min(256, DATE_ORDER_MAX)
         while True:
@@ -382,8 +380,8 @@ class Searcher:
                 if not exhausted:
                     log.info("date order: more than %d photos pass the cutoff; ordering the best %d", DATE_ORDER_MAX,
                              DATE_ORDER_MAX)
-                rows = self.catalog.get_images(i for _, i in kept)
-                return [(s, i) for s, i in kept if i in rows][:DATE_ORDER_MAX]
+                rows = self.catalog.get_images(i for _, i in kept)  # a stale index entry is never a hit
+                return [Hit(rows[i].path, s, i) for s, i in kept if i in rows][:DATE_ORDER_MAX]
             fetch = min(fetch * 4, DATE_ORDER_MAX)
 
     def nearest(self, vector: np.ndarray, k: int, allowed: IdSet | np.ndarray | None = None
