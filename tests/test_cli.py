@@ -233,3 +233,15 @@ def test_a_new_librarys_index_is_built_and_a_changed_kind_rebuilt(tmp_path: Path
     assert "index rebuilt: hnsw" in out
     code, out, err = run(capsys, "-q", "index", tmp_path / "photos", "--library", lib)
     assert code == 0 and "built" not in out  # nothing changed: nothing said about the index
+
+
+def test_date_order_that_keeps_nothing_says_the_querys_cutoff(indexed: Path, capsys) -> None:
+    """No photo passes `min:auto`: the CLI says so on stderr, with the cutoff search applied, and how to see more."""
+    code, out, err = run(capsys, "search", "nothing at all sort:date", "-l", indexed)
+    assert code == 0 and out == "" and "no results" in err
+    with clipsearch.library.Library.open(indexed) as lib:
+        cutoff = lib.searcher.relevance_cutoff("nothing at all")
+        assert lib.search("nothing at all", k=1)[0].score < cutoff  # nothing reached it
+    assert f"min:auto = {cutoff:.3f}" in err and "min:0.3" in err
+    code, out, err = run(capsys, "search", "red sort:date", "-l", indexed)
+    assert code == 0 and "red" in out and "min:auto" not in err

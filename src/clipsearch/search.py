@@ -337,9 +337,7 @@ class Searcher:
             return self._with_facts([Hit(rows[i].path, None, i) for i in ids if i in rows])
         parts = None
         if vector is None:
-            parts = self.concept_parts(query.text)
-            # One concept-and-words term: the composed vector of its parts (what query_vector gives).
-            vector = compose(parts, self.library_space()) if parts else self.query_vector(query.text)
+            vector, parts = self.words_vector(query.text)
         cutoff = query.min_score if query.min_score is not None else (AUTO if order != "score" else None)
         if cutoff == AUTO:
             cutoff = self.auto_cutoff(vector, exclude_ids)
@@ -357,6 +355,16 @@ class Searcher:
         by_id = {of[h.id]: h for h in hits}
         ids = self.catalog.ordered_ids("1", [], "taken_ts", descending=order == "newest", ids=list(by_id), limit=k)
         return self._with_facts([by_id[i] for i in ids])
+
+    def words_vector(self, text: str) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """The vector a query's words search with, and the parts of a sentence with a personal concept in it
+        (None for other words): such a sentence searches with its parts' composed vector."""
+        parts = self.concept_parts(text)
+        return (compose(parts, self.library_space()) if parts else self.query_vector(text)), parts
+
+    def relevance_cutoff(self, text: str) -> float:
+        """The `min:auto` cutoff date order applies to a query's words (inf: no photo can match)."""
+        return self.auto_cutoff(self.words_vector(text)[0])
 
     def auto_cutoff(self, vector: np.ndarray, exclude_ids: Sequence[int] = ()) -> float:
         """The score above which a photo matches the query vector (`min:auto`): set for this query from its own

@@ -112,7 +112,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         hits = lib.search(query, k=args.k, min_score=args.min_score, folder=args.folder)
         _print_hits(hits, args.json)
         if not hits and args.min_score is None and query.effective_min == "auto" and query.has_words:
-            cutoff = lib.searcher.auto_cutoff(lib.query_vector(query.text))
+            cutoff = lib.searcher.relevance_cutoff(query.text)
             shown = "above every photo" if cutoff == float("inf") else f"{cutoff:.3f}"
             print(f"(date order keeps the photos that match this query: its relevance cutoff min:auto = {shown}, "
                   "set for this query and this library's model; no photo reached it. A vague query, or one that "
