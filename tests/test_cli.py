@@ -74,7 +74,9 @@ def test_search_similar_describe_texts_info_rebuild(tmp_path: Path, indexed: Pat
     assert {h["path"] for h in hits} == {colour_photos["red"], colour_photos["blue"]}
     hits = run_json(capsys, "search", "red", "-l", indexed, "--folder", tmp_path / "photos" / "sub")
     assert {h["path"] for h in hits} == {colour_photos["white"], colour_photos["black"]}
-    assert run_json(capsys, "search", "red", "-l", indexed, "--min-score", 2) == []
+    code, _, err = run(capsys, "search", "red", "-l", indexed, "--min-score", 2)
+    assert code == 1 and "min:2.0 is not a cosine score" in err  # a typo for 0.2, not "nothing"
+    assert run_json(capsys, "search", "red", "-l", indexed, "--min-score", 1) == []
 
     code, out, _ = run(capsys, "search", "red", "-l", indexed, "-k", 1)
     assert code == 0 and out.strip().endswith(colour_photos["red"])

@@ -51,6 +51,7 @@ def test_words_with_colons_stay_words(text: str) -> None:
     ("after:2019-13", ["2019-13"]), ("before:yesterday", ["yesterday", "2019-06"]),
     ("type:gif|mov", ["mov", "raw"]), ("near:1,2,3parsecs", ["3parsecs", "5km"]), ("near:91,0", ["91"]),
     ("near:abc", ["near:abc"]), ("min:nan", ["min:nan"]), ("min:high", ["min:high", "auto"]),
+    ("boat min:25", ["min:25", "-1 and 1", "min:0.25"]), ("boat min:-1.5", ["min:-1.5"]),
     ("sort:random", ["random", "sort:date"]), ('camera:"Pixel 7 dog', ["quote"]), ("place:", ["place:", "Lisbon"]),
     ("after:2020 before:2019", ["after:2020", "before:2019"]), ("after:2019 after:2020", ["after:"]),
     ("type:raw||heic", ["type:"]),

@@ -78,7 +78,9 @@ def test_min_score_matches_brute_force(library: Library, fake_encoder: FakeEncod
     hits = library.search("orange", k=8, min_score=cut)
     assert len(hits) == 3 and all(h.score >= cut for h in hits)
     _assert_hits(hits, _oracle(library, q, 8, min_score=cut), library)
-    assert library.search("orange", k=8, min_score=1.01) == []
+    assert library.search("orange", k=8, min_score=1.0) == []  # no photo is the word itself
+    with pytest.raises(QueryError, match="min:1.01 is not a cosine score"):  # a typo, not "nothing"
+        library.search("orange", k=8, min_score=1.01)
 
 
 def test_folder_filter_matches_brute_force(library: Library, colour_photos: dict[str, str], tmp_path: Path,

@@ -24,7 +24,7 @@ any of which may match; different keys must all match):
 - ``folder:PATH``: under that folder.
 - ``near:LAT,LON[,RADIUS]``: within RADIUS (``5km``, ``800m``, ``2mi``; default 1 km).
 - ``sort:date`` (or ``sort:newest``), ``sort:oldest``, ``sort:score`` (the default with words).
-- ``min:SCORE`` drops hits under a cosine score; ``min:auto`` keeps the hits the model
+- ``min:SCORE`` drops hits under a cosine score (-1 to 1); ``min:auto`` keeps the hits the model
   calibration says match (the default of the date orders).
 
 A query of filters alone lists the matching photos newest first. Unknown keys and bad
@@ -224,8 +224,9 @@ class Query:
             raise QueryError(f"unknown order {self.sort!r}; choose one of {', '.join(SORTS)}")
         if self.min_score is not None and self.min_score != AUTO:
             value = float(self.min_score)
-            if not math.isfinite(value):
-                raise QueryError(f"min:{self.min_score} must be a cosine score (between -1 and 1), or auto")
+            if not (math.isfinite(value) and -1.0 <= value <= 1.0):
+                raise QueryError(f"min:{self.min_score} is not a cosine score: scores run from -1 to 1 "
+                                 "(min:0.25, say), or write min:auto")
             object.__setattr__(self, "min_score", value)
         object.__setattr__(self, "text", " ".join(self.text.split()))
 
@@ -348,8 +349,8 @@ def _min(acc: dict[str, Any], key: str, value: str) -> None:
         score = float(value)
     except ValueError:
         raise QueryError(f"invalid min:{value}: give a cosine score like min:0.25, or min:auto") from None
-    if not math.isfinite(score):
-        raise QueryError(f"invalid min:{value}: give a cosine score between -1 and 1, like min:0.25")
+    if not (math.isfinite(score) and -1.0 <= score <= 1.0):
+        raise QueryError(f"invalid min:{value}: give a cosine score between -1 and 1, like min:0.25, or min:auto")
     acc["min"] = score
 
 
