@@ -417,14 +417,25 @@ def test_date_place_camera_type_filters_and_newest_first(browser, meta_server, r
         context.close()
 
 
-def open_tab(page: Any, name: str) -> None:
-    """Open a top-level tab; at a phone's width Gradio folds the later ones into its "More tabs" menu."""
-    tab = page.get_by_role("tab", name=name, exact=True)
-    if tab.is_visible():
-        tab.click()
-        return
-    page.locator('button[aria-label="More tabs"]').first.click()
-    page.locator("button:visible", has_text=name).last.click()
+def open_tab(page: Any, name: str, shows: str) -> None:
+    """Open a top-level tab, until `shows` (a selector in it) is visible. At a phone's width Gradio folds the
+    later tabs into its "More tabs" menu, and it lays the tab bar out again after a switch: a tab seen a moment
+    ago may be folded away by the time it is clicked, so each try looks again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(5):
+        try:
+            tab = page.get_by_role("tab", name=name, exact=True)
+            if tab.is_visible():
+                tab.click(timeout=2_000)
+            else:
+                page.locator('button[aria-label="More tabs"]').first.click(timeout=2_000)
+                page.locator("button:visible", has_text=name).last.click(timeout=2_000)
+            page.locator(shows).wait_for(state="visible", timeout=3_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")  # close a menu left open
+    raise AssertionError(f"the {name} tab did not open")
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -438,23 +449,23 @@ def test_a_concept_is_named_from_picked_photos_and_searched_by_its_name(page, wi
         search(page, colour)
         tiles(page).first.click()
         picked.append(shown_names(page)[0])
-        open_tab(page, "Concepts")
+        open_tab(page, "Concepts", "#concept-add-selected")
         page.locator("#concept-add-selected").click()
         expect(page.locator("#concept-examples textarea")).to_have_value(re.compile(r"^(#\d+ ?){%d}$" % len(picked)))
-        open_tab(page, "Search")
+        open_tab(page, "Search", "#query textarea")
     assert picked == ["red", "yellow"]
-    open_tab(page, "Concepts")
+    open_tab(page, "Concepts", "#concept-add-selected")
     page.locator("#concept-name input, #concept-name textarea").first.fill(name)
     page.locator("#concept-name-these").click()
     expect(page.locator("#concept-status")).to_contain_text(f"Made {name} from 2 photos")
     expect(page.locator("#concept-table")).to_contain_text(name)
     assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
     try:
-        open_tab(page, "Search")
+        open_tab(page, "Search", "#query textarea")
         search(page, name)
         assert set(shown_names(page)[:2]) == {"red", "yellow"}, shown_names(page)
     finally:  # the server is shared by the module's tests: leave no concept behind
-        open_tab(page, "Concepts")
+        open_tab(page, "Concepts", "#concept-add-selected")
         page.get_by_placeholder("name to remove").fill(name)
         page.locator("#concept-remove").click()
         expect(page.locator("#concept-table")).not_to_contain_text(name)
