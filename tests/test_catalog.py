@@ -187,3 +187,25 @@ def test_metadata_persists_across_reopen(tmp_path: Path) -> None:
     assert cat.get_meta("missing", "dflt") == "dflt"
     assert cat.count() == 1
     cat.close()
+
+
+def test_images_version_tells_rows_added_from_rows_rewritten(catalog: Catalog) -> None:
+    """Every write to image rows changes the version; only writes to rows already there change `rewritten`
+    (what lets a cache of image columns read the new rows alone: clipsearch.filter_columns)."""
+    def step(write) -> tuple[bool, bool]:
+        before = catalog.images_version
+        write()
+        after = catalog.images_version
+        return after.changes != before.changes, after.rewritten != before.rewritten
+
+    ids = []
+    assert step(lambda: ids.extend(catalog.add_images([_image("/p/a.jpg"), _image("/p/b.jpg", 1)]))) == (True, False)
+    assert step(lambda: catalog.add_failures([("/p/bad.jpg", 1, 0, "not an image")])) == (True, False)
+    assert step(lambda: catalog.copy_images([(ids[0], "/p/copy.jpg", 100, 0, {})])) == (True, False)
+    assert step(lambda: catalog.add_images([_image("/p/a.jpg", 2)])) == (True, True)  # a replaced file
+    assert step(lambda: catalog.add_failures([("/p/b.jpg", 1, 0, "now broken")])) == (True, True)
+    assert step(lambda: catalog.copy_images([(catalog.find_path("/p/a.jpg").id, "/p/copy.jpg", 100, 0, {})])) \
+        == (True, True)  # a copy over a copy
+    assert step(lambda: catalog.set_facts([])) == (False, False)  # nothing written
+    assert step(lambda: catalog.rename_path("/p/copy.jpg", "/q/copy.jpg")) == (True, True)
+    assert step(lambda: catalog.remove_images([catalog.find_path("/q/copy.jpg").id])) == (True, True)

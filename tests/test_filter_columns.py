@@ -187,6 +187,54 @@ def test_the_columns_reload_when_any_process_changes_the_catalog(tmp_path: Path)
     lib.close()
 
 
+def test_columns_take_in_added_rows_alone_and_still_give_the_sql_ids(tmp_path: Path) -> None:
+    """A sync that only adds photos (another process's) grows the cached columns by those rows, new values and
+    folders included; a write that changes rows already there makes them read again. Same ids as SQL throughout."""
+    enc = FakeEncoder()
+    enc.dim = DIM
+    Library.open(tmp_path / "lib", encoder=enc).close()
+    cat = Catalog(tmp_path / "lib" / "catalog.sqlite")
+    writer = Catalog(cat.path)  # another process's connection
+    rng = np.random.default_rng(1)
+    half = len(_PHOTOS) // 2
+
+    def add(photos, prefix=""):
+        return writer.add_images([NewImage(prefix + path, 1, 0, rng.standard_normal((3 if path.endswith(".mp4")
+                                                                                    else 1, DIM)).astype(np.float32)
+                                           if path.endswith(".mp4") else rng.standard_normal(DIM).astype(np.float32),
+                                           facts=_facts(f), times=(0.0, 2.0, 4.0) if path.endswith(".mp4") else ())
+                                  for path, f in photos])
+
+    def check(columns: FilterColumns, seed: int) -> None:
+        r = random.Random(seed)
+        for _ in range(300):
+            filters = _random_filters(r)
+            assert columns.id_set(filters).ids.tolist() == _sql_ids(cat, filters), filters
+
+    add(_PHOTOS[:half])
+    columns = FilterColumns(cat)
+    check(columns, 0)  # every column read, from the first half
+    loads = columns.loads
+    add(_PHOTOS[half:])                 # new cities, cameras, lenses, types, folders, a video
+    add(_PHOTOS[:3], prefix="/new")     # and values the columns already know, in new folders
+    writer.add_failures([("/new/broken.jpg", 1, 0, "not an image")])
+    check(columns, 1)
+    assert columns.extended == 1 and columns.loads - loads <= 20  # one read of the new rows per cached column
+    assert columns.id_set(Filters(folders=("/new",))).ids.tolist() == _sql_ids(cat, Filters(folders=("/new",)))
+    # Rows already there changed: read again.
+    ids = cat.ids_where(*filters_where(Filters(places=("lisbon",)))).tolist()
+    writer.set_facts([(ids[0], {"city_key": "porto", "place_city": "Porto"})])
+    check(columns, 2)
+    writer.add_images([NewImage(_PHOTOS[0][0], 1, 0, rng.standard_normal(DIM).astype(np.float32),
+                                facts=_facts({"taken_ts": 1.0, "city": "Oslo", "type": "png"}))])  # a replaced file
+    check(columns, 3)
+    writer.remove_images(ids[1:])
+    check(columns, 4)
+    assert columns.extended == 1
+    writer.close()
+    cat.close()
+
+
 def test_id_set_basics() -> None:
     s = IdSet.from_ids([5, 3, 3, 9])
     assert len(s) == 3 and s.ids.tolist() == [3, 5, 9] and repr(s) == "IdSet(3 ids of 10)"

@@ -4,11 +4,15 @@
 truth. But a broad filter resolved there is SQLite handing Python one id after another:
 36 ms for 10 % and 166 ms for 50 % of 100,000 photos, more than the vector search itself
 (docs/performance.md, "Filtered search"). `FilterColumns` holds the columns filters read
-as arrays indexed by image id, each loaded the first time a filter needs it and all of
-them dropped when any image row changes (`Catalog.images_version`, bumped by every writer,
-in any process), and evaluates the same conditions vectorised into an `IdSet`: a boolean
-mask over id space, which the vector search uses as it is (a FAISS bitmap selector, one
-lookup per candidate).
+as arrays indexed by image id, each loaded the first time a filter needs it, and evaluates
+the same conditions vectorised into an `IdSet`: a boolean mask over id space, which the
+vector search uses as it is (a FAISS bitmap selector, one lookup per candidate).
+
+Kept current with `Catalog.images_version`, which every writer bumps, in any process. When
+the writes since the columns were read only added rows (a sync of new photos, a watcher),
+the cached columns read those rows alone and grow (`extended`); a write that changed or
+removed rows already there (a fact back-fill, a move, a deletion, a replaced file) drops
+them all, and the next filter reads again what it needs.
 
 Same answers as the SQL, tested against it (tests/test_filter_columns.py): every filter is
 a conjunction of disjunctions of comparisons, with no negation, so a NULL, which never
@@ -36,7 +40,7 @@ from clipsearch.index.idset import IdSet
 from clipsearch.query import Filters, LENS_MM, distance_km, near_box
 
 if TYPE_CHECKING:
-    from clipsearch.catalog import Catalog
+    from clipsearch.catalog import Catalog, ImagesVersion
 
 __all__ = ["FilterColumns", "TextColumn"]
 
@@ -85,17 +89,26 @@ class TextColumn:
         return (self.codes >= a) & (self.codes < b)
 
 
+def _narrowest(codes: np.ndarray, values: int) -> np.ndarray:
+    """The codes in the narrowest type that holds them: a camera or a country is one byte a photo."""
+    for small in (np.int8, np.int16):
+        if values <= np.iinfo(small).max:
+            return codes.astype(small)
+    return codes.astype(np.int32)
+
+
 class FilterColumns:
     """Evaluates `Filters` over in-memory copies of a catalog's columns; same ids as `Catalog.ids_where`."""
 
     def __init__(self, catalog: "Catalog") -> None:
         self.catalog = catalog
-        self._version: tuple[int, int] | None = None
+        self._version: "ImagesVersion | None" = None
         self._size = 0
         self._numeric: dict[str, np.ndarray] = {}
         self._text: dict[str, TextColumn] = {}
         self._frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.loads = 0  # columns read from the catalog so far (for tests and logs)
+        self.extended = 0  # times the cached columns took in new rows alone (rows were only added)
 
     # -- the cache -----------------------------------------------------------------------
     def clear(self) -> None:
@@ -104,17 +117,48 @@ class FilterColumns:
 
     def _refresh(self) -> None:
         version = self.catalog.images_version
-        if version != self._version:
+        if version == self._version:
+            return
+        old, size = self._version, self.catalog.max_id() + 1
+        if old is not None and version.rewritten == old.rewritten and size >= self._size:
+            self._extend(size)  # rows were only added (a sync of new photos, a watcher): read those alone
+        else:
             self._numeric.clear()
             self._text.clear()
             self._frames = None
-            self._size = self.catalog.max_id() + 1
-            self._version = version
+            self._size = size
+        self._version = version
 
-    def _values(self, column: str) -> tuple[np.ndarray, list[Any]]:
+    def _extend(self, size: int) -> None:
+        """Take the rows with ids from the current size up to `size` into every cached column."""
+        started, start, self._size = time.perf_counter(), self._size, size
+        for column, old in list(self._numeric.items()):
+            arr = np.full(size, np.nan)
+            arr[:start] = old
+            if column in self.catalog.fact_columns:
+                self._read_numeric(column, arr, since=start)
+            self._numeric[column] = arr
+        for column, col in list(self._text.items()):
+            ids, values = self._text_rows(column, since=start)
+            vocab = sorted(set(col.vocab).union(values)) if values else col.vocab
+            codes = np.full(size, -1, np.int32)
+            if vocab is col.vocab:
+                codes[:start] = col.codes
+            else:  # new values: the old codes move to their ranks in the new sorted vocabulary (-1 stays -1)
+                rank = {v: i for i, v in enumerate(vocab)}
+                codes[:start] = np.array([rank[v] for v in col.vocab] + [-1], np.int32)[col.codes]
+            if values:
+                where = {v: i for i, v in enumerate(vocab)}
+                codes[ids] = np.fromiter((where[v] for v in values), np.int32, len(values))
+            self._text[column] = TextColumn(_narrowest(codes, len(vocab)), vocab)
+        self._frames = None
+        self.extended += 1
+        log.debug("filter columns: rows %d-%d added in %.0f ms", start, size - 1, 1000 * (time.perf_counter() - started))
+
+    def _values(self, column: str, since: int = 0) -> tuple[np.ndarray, list[Any]]:
         started = time.perf_counter()
-        ids, values = self.catalog.column_values(column)
-        keep = ids < self._size  # rows added since the version was read: the next query reloads
+        ids, values = self.catalog.column_values(column, since=since)
+        keep = ids < self._size  # rows added since the version was read: the next query reads them
         if not keep.all():
             ids, values = ids[keep], [v for v, k in zip(values, keep.tolist()) if k]
         self.loads += 1
@@ -136,16 +180,20 @@ class FilterColumns:
         if arr is None:
             arr = np.full(self._size, np.nan)
             if column in self.catalog.fact_columns:
-                started = time.perf_counter()
-                ids, values, others = self.catalog.numeric_column(column)
-                keep = ids < self._size  # rows added since the version was read: the next query reloads
-                arr[ids[keep]] = values[keep]
-                arr[others[others < self._size]] = math.inf
-                self.loads += 1
-                log.debug("filter column %s: %d values loaded in %.0f ms", column, len(ids),
-                          1000 * (time.perf_counter() - started))
+                self._read_numeric(column, arr)
             self._numeric[column] = arr
         return arr
+
+    def _read_numeric(self, column: str, arr: np.ndarray, since: int = 0) -> None:
+        """Fill `arr` (by id) with a fact column's values of the rows from id `since` on."""
+        started = time.perf_counter()
+        ids, values, others = self.catalog.numeric_column(column, since=since)
+        keep = ids < self._size  # rows added since the version was read: the next query reads them
+        arr[ids[keep]] = values[keep]
+        arr[others[others < self._size]] = math.inf
+        self.loads += 1
+        log.debug("filter column %s: %d values loaded in %.0f ms", column, len(ids),
+                  1000 * (time.perf_counter() - started))
 
     def text(self, column: str) -> TextColumn:
         """The column as codes by id into its sorted distinct values; -1 for NULL, ids not in use and blobs."""
@@ -157,7 +205,6 @@ class FilterColumns:
         if col is None:
             codes = np.full(self._size, -1, np.int32)
             vocab: list[str] = []
-            source = "path" if column == _PATH_DIR else column
             groups = self.catalog.text_groups(column, GROUPED_MAX) if column != _PATH_DIR else None
             if groups is not None:  # few values (a camera, a country): each one's ids from the column's index
                 self.loads += 1
@@ -165,24 +212,28 @@ class FilterColumns:
                 rank = {v: i for i, v in enumerate(vocab)}
                 for value, ids in groups:
                     codes[ids[ids < self._size]] = rank[value]
-            elif source == "path" or source in self.catalog.fact_columns:
-                ids, values = self._values(source)
-                if column == _PATH_DIR:
-                    values = [v[:v.rfind("/") + 1] for v in values]
-                is_text = [isinstance(v, str) for v in values]
-                if not all(is_text):  # a blob never equals, nor sorts among, text
-                    keep = np.array(is_text, np.bool_)
-                    ids, values = ids[keep], [v for v, t in zip(values, is_text) if t]
+            else:
+                ids, values = self._text_rows(column)
                 vocab = sorted(set(values))
                 index = {v: i for i, v in enumerate(vocab)}
                 codes[ids] = np.fromiter((index[v] for v in values), np.int32, len(values))
-            # The narrowest type that holds the codes: a camera or a country is one byte a photo.
-            for small in (np.int8, np.int16):
-                if len(vocab) <= np.iinfo(small).max:
-                    codes = codes.astype(small)
-                    break
-            col = self._text[column] = TextColumn(codes, vocab)
+            col = self._text[column] = TextColumn(_narrowest(codes, len(vocab)), vocab)
         return col
+
+    def _text_rows(self, column: str, since: int = 0) -> tuple[np.ndarray, list[str]]:
+        """(ids, text values) of a text column's rows from id `since` on, row by row (none for a column the
+        catalog lacks)."""
+        source = "path" if column == _PATH_DIR else column
+        if source != "path" and source not in self.catalog.fact_columns:
+            return np.zeros(0, np.int64), []
+        ids, values = self._values(source, since)
+        if column == _PATH_DIR:
+            values = [v[:v.rfind("/") + 1] for v in values]
+        is_text = [isinstance(v, str) for v in values]
+        if not all(is_text):  # a blob never equals, nor sorts among, text
+            keep = np.array(is_text, np.bool_)
+            ids, values = ids[keep], [v for v, t in zip(values, is_text) if t]
+        return ids, values
 
     def _video_frames(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(frame row ids, their videos' ids, mask of rows with a time): how a matching video brings its frames."""
