@@ -140,16 +140,16 @@ class FilterColumns:
             self._numeric[column] = arr
         for column, col in list(self._text.items()):
             ids, values = self._text_rows(column, since=start)
-            vocab = sorted(set(col.vocab).union(values)) if values else col.vocab
+            new = {v for v in values if v not in col.index}
             codes = np.full(size, -1, np.int32)
-            if vocab is col.vocab:
-                codes[:start] = col.codes
-            else:  # new values: the old codes move to their ranks in the new sorted vocabulary (-1 stays -1)
+            if new:  # new values: the old codes move to their ranks in the new sorted vocabulary (-1 stays -1)
+                vocab = sorted([*col.vocab, *new])
                 rank = {v: i for i, v in enumerate(vocab)}
                 codes[:start] = np.array([rank[v] for v in col.vocab] + [-1], np.int32)[col.codes]
-            if values:
-                where = {v: i for i, v in enumerate(vocab)}
-                codes[ids] = np.fromiter((where[v] for v in values), np.int32, len(values))
+            else:
+                vocab, rank = col.vocab, col.index
+                codes[:start] = col.codes
+            codes[ids] = np.fromiter((rank[v] for v in values), np.int32, len(values))
             self._text[column] = TextColumn(_narrowest(codes, len(vocab)), vocab)
         self._frames = None
         self.extended += 1
