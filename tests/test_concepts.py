@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import ConceptError, Library
+from clipsearch import ConceptError, ConceptExistsError, Library
 from clipsearch import toyworld as tw
 from clipsearch.cli import main
 from clipsearch.concepts import check_name, coherence, find_names, resolve_text
@@ -215,7 +215,7 @@ def test_bad_names_and_examples_are_clear_errors(world) -> None:
     with pytest.raises(ConceptError, match="at least one example"):
         lib.add_concept("rex", [])
     lib.add_concept("bella", examples, replace=True)
-    with pytest.raises(ConceptError, match="already exists"):
+    with pytest.raises(ConceptExistsError, match="already exists"):  # a ConceptError: the CLI exits 1
         lib.add_concept("Bella", examples)
     with pytest.raises(ConceptError, match="no concept named 'rex'"):
         lib.concept("rex")

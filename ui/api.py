@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from clipsearch.errors import ClipSearchError, ImageLoadError, LibraryLockedError, QueryError
+from clipsearch.errors import ClipSearchError, ConceptExistsError, ImageLoadError, LibraryLockedError, QueryError
 from clipsearch.images import is_supported, load_image
 from clipsearch.places import place_label
 from clipsearch.video import is_video, split_frame_path
@@ -49,6 +49,7 @@ from clipsearch_ui.thumbs import THUMB_SIZES, Thumbnails, snap_size
 
 if TYPE_CHECKING:
     from clipsearch.catalog import ImageRow
+    from clipsearch.concepts import Concept
     from clipsearch.library import Library
     from clipsearch.search import Hit as LibraryHit
 
@@ -316,10 +317,10 @@ class PhotoApi:
                 continue
             root, rel = split_root(h.path, roots)  # a video's hit names the video, not its frame row
             score = None if h.score is None else round(float(h.score), 6)
-            video = getattr(h, "segment", None) is not None
+            video = h.segment is not None
             out.append(Hit(id=h.id, path=rel, root=root, score=score, width=row.width,
-                           height=row.height, taken_at=h.taken_at, place=getattr(h, "place", None),
-                           camera=getattr(h, "camera", None), thumb_url=self.thumb_url(h.id),
+                           height=row.height, taken_at=h.taken_at, place=h.place,
+                           camera=h.camera, thumb_url=self.thumb_url(h.id),
                            time=h.time if video else None, segment=list(h.segment) if video else None,
                            moments=[list(m) for m in h.moments] if video else [],
                            video_url=f"{API_PREFIX}/photos/{h.id}/video" if video else None))
@@ -419,10 +420,10 @@ class PhotoApi:
         return real
 
     @staticmethod
-    def _concept_info(c: Any) -> ConceptInfo:
+    def _concept_info(c: "Concept") -> ConceptInfo:
         return ConceptInfo(name=c.name, examples=c.examples,
                            coherence=None if c.coherence is None else round(float(c.coherence), 4),
-                           weak=bool(c.weak), stale=bool(getattr(c, "stale", False)),
+                           weak=bool(c.weak), stale=bool(c.stale),
                            created_at=_iso(int(c.created_at * 1e9)))
 
     def concepts(self) -> ConceptsResponse:
@@ -437,9 +438,11 @@ class PhotoApi:
         with self.lock:
             for image_id in body.examples:
                 self._row(image_id)  # ids only, of indexed photos: else 404
-            if not body.replace and any(c.name == name for c in self.library.concepts()):
-                raise ApiError(409, "conflict", f"a concept named {name!r} exists; send replace: true to remake it")
-            made = self.library.add_concept(name, [int(i) for i in body.examples], replace=body.replace)
+            try:
+                made = self.library.add_concept(name, [int(i) for i in body.examples], replace=body.replace)
+            except ConceptExistsError:
+                raise ApiError(409, "conflict", f"a concept named {name!r} exists; send replace: true to remake it") \
+                    from None
         return self._concept_info(made)
 
     def remove_concept(self, name: str) -> None:

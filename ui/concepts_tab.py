@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 import gradio as gr
 
 from clipsearch.errors import ClipSearchError
+from clipsearch.search import image_ref
 
 if TYPE_CHECKING:
     from clipsearch_ui.app import AppContext
@@ -27,6 +28,16 @@ class ConceptOutput(NamedTuple):
     status: str
     rows: list[list[Any]]
     examples: str
+
+
+def split_examples(text: str | None) -> tuple[list[str], list[str]]:
+    """The words of the examples box (spaces, commas or lines between them): the `#ID`s, and the rest.
+
+    Only ids are used: the web UI reads no file a visitor names (as in queries).
+    """
+    words = [t for t in re.split(r"[\s,]+", text or "") if t]
+    ids = [t for t in words if isinstance(image_ref(t), int)]
+    return ids, [t for t in words if t not in ids]
 
 
 class ConceptActions:
@@ -51,12 +62,8 @@ class ConceptActions:
 
     @staticmethod
     def examples_of(text: str | None, uploads: Sequence[str] | None) -> list[str]:
-        """The `#ID`s of the examples box (spaces, commas or lines between them), then the uploads.
-
-        Only ids: the web UI reads no file a visitor names (as in queries), so any other word is dropped.
-        """
-        items = [t for t in re.split(r"[\s,]+", text or "") if re.fullmatch(r"#\d+", t)]
-        return items + [str(u) for u in uploads or []]
+        """The `#ID`s of the examples box, then the uploads (`split_examples`)."""
+        return split_examples(text)[0] + [str(u) for u in uploads or []]
 
     def name_these(self, name: str | None, examples: str | None, uploads: Sequence[str] | None,
                    replace: bool = False) -> ConceptOutput:
@@ -74,7 +81,7 @@ class ConceptActions:
         except ClipSearchError as exc:
             return ConceptOutput(f"Could not make the concept: {exc}", self.rows(), examples or "")
         status = f"Made **{concept.name}** from {concept.examples} photos. Search for *{concept.name} at night*."
-        ignored = [t for t in re.split(r"[\s,]+", examples or "") if t and not re.fullmatch(r"#\d+", t)]
+        ignored = split_examples(examples)[1]
         if ignored:
             shown = ", ".join("`" + t.replace("`", "'") + "`" for t in ignored[:5])
             status += (f"\n\nLeft out {shown}: the box takes indexed photos as "

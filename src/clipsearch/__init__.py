@@ -10,6 +10,7 @@ from clipsearch.errors import (
     CatalogError,
     ClipSearchError,
     ConceptError,
+    ConceptExistsError,
     DatasetError,
     ImageLoadError,
     IndexFileError,
@@ -35,7 +36,7 @@ __all__ = [
     "Library", "Hit", "TextHit", "ClipSearchError", "CatalogError", "ImageLoadError",
     "IndexFileError", "IndexingError", "LibraryLockedError", "ModelError", "ModelMismatchError",
     "PhotoRootError", "QueryError", "SchemaVersionError", "WeightsUnavailableError", "DatasetError", "TrainingError",
-    "ConceptError", "Concept",
+    "ConceptError", "ConceptExistsError", "Concept",
 ]
 
 

@@ -268,7 +268,12 @@ def sentence_parts(text: str, concepts: Mapping[str, Concept], text_vector: Call
     (`context_vector`); None when the term names no concept, names nothing else, or the
     library is too small to whiten. ConceptError for a stale concept.
     """
-    names, rest = _names_and_rest(text, concepts)
+    return _sentence_parts(*_names_and_rest(text, concepts), concepts, text_vector, space, neighbours)
+
+
+def _sentence_parts(names: Sequence[str], rest: str, concepts: Mapping[str, Concept],
+                    text_vector: Callable[[str], np.ndarray], space: LibrarySpace,
+                    neighbours: Callable[[np.ndarray, int], np.ndarray]) -> list[np.ndarray] | None:
     if not names or not rest or not space.whitened:
         return None
     return [*(concepts[name].vector for name in names), context_vector(text_vector(rest), space, neighbours)]
@@ -302,7 +307,7 @@ def resolve_text(text: str, concepts: Mapping[str, Concept], text_vector: Callab
     if not names:
         return None
     if space is not None and neighbours is not None:
-        parts = sentence_parts(text, concepts, text_vector, space, neighbours)
+        parts = _sentence_parts(names, rest, concepts, text_vector, space, neighbours)
         if parts is not None:
             return compose(parts, space)
     total = np.sum([(concepts[n].weight if weight is None else weight) * concepts[n].vector for n in names], axis=0)

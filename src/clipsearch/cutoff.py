@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from clipsearch.concepts import LIBRARY_SAMPLE
+
 if TYPE_CHECKING:
     from clipsearch.search import Searcher
 
@@ -51,7 +53,7 @@ __all__ = ["BACKGROUND_QUANTILE", "CALIBRATION_FILE", "Calibration", "GENERIC_CA
 
 BACKGROUND_QUANTILE = 0.75
 BACKGROUND_SIZE = 128
-SAMPLE_MAX = 20_000     # photos scored against the background captions
+SAMPLE_MAX = LIBRARY_SAMPLE  # photos scored against the background captions: the library's sample
 QUERY_SAMPLE = 4096     # photos each query is scored against for its own tail (kept in memory)
 TAIL_QUANTILE = 0.9
 RELATIVE = 0.9
@@ -137,20 +139,15 @@ def background_captions(model: str, n: int = BACKGROUND_SIZE) -> list[str]:
     return list(GENERIC_CAPTIONS)[:n]
 
 
-def calibrate(searcher: "Searcher", *, quantile: float = BACKGROUND_QUANTILE, sample: int = SAMPLE_MAX,
-              seed: int = 0) -> Calibration:
-    """Score the background captions against a sample of the library's photos: the cutoff for any query
-    is the `quantile` of each caption's best score; keep a sample of photos to measure each query's tail on."""
-    catalog, encoder = searcher.catalog, searcher.encoder
-    ids = catalog.ok_ids()
-    generation = catalog.generation
-    if not len(ids):
+def calibrate(searcher: "Searcher", *, quantile: float = BACKGROUND_QUANTILE, seed: int = 0) -> Calibration:
+    """Score the background captions against the library's sample (`Searcher.library_sample`, at most SAMPLE_MAX
+    photos): the cutoff for any query is the `quantile` of each caption's best score; keep a sample of those
+    photos to measure each query's tail on."""
+    encoder, generation = searcher.encoder, searcher.catalog.generation
+    vectors = np.asarray(searcher.library_sample(), np.float32)
+    if not len(vectors):
         return Calibration(1.0, 0, 0, quantile, generation, encoder.name)
     rng = np.random.default_rng(seed)
-    if len(ids) > sample:
-        ids = np.sort(rng.choice(ids, sample, replace=False))
-    _, vectors = catalog.vectors_of(ids.tolist(), searcher.index.dim)
-    vectors = np.asarray(vectors, np.float32)
     captions = background_captions(encoder.name)
     text_vectors = np.asarray(encoder.encode_texts(captions), np.float32)
     best = np.empty(len(captions), np.float32)
@@ -187,7 +184,7 @@ def calibration_for(searcher: "Searcher") -> Calibration:
 
 def _model_tag(searcher: "Searcher") -> str:
     encoder = searcher.encoder
-    return f"{encoder.name}|{getattr(encoder, 'pretrained', None)}|{encoder.dim}"
+    return f"{encoder.name}|{encoder.pretrained}|{encoder.dim}"
 
 
 def _parameters() -> str:

@@ -78,3 +78,7 @@ class IndexingError(ClipSearchError):
 
 class ConceptError(QueryError):
     """A personal concept cannot be made, found or used (bad name, no examples, made with another model)."""
+
+
+class ConceptExistsError(ConceptError):
+    """A concept of that name exists and was not to be replaced."""

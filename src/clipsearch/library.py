@@ -29,7 +29,8 @@ import numpy as np
 
 from clipsearch.catalog import LIBRARY_KEYS, Catalog, ImageRow
 from clipsearch.concepts import Concept
-from clipsearch.errors import CatalogError, ClipSearchError, ConceptError, LibraryLockedError, ModelMismatchError
+from clipsearch.errors import (CatalogError, ClipSearchError, ConceptError, ConceptExistsError, LibraryLockedError,
+                               ModelMismatchError)
 from clipsearch.facts import default_readers
 from clipsearch.index import AUTO, IndexConfigError, VectorIndex
 from clipsearch.index.lifecycle import LibraryIndex
@@ -410,7 +411,7 @@ class Library:
         `examples`: indexed image ids (int or "#12"), image files (a file already indexed
         uses its stored vector), bytes or PIL images. No training run: see
         `clipsearch.concepts.build_concept`. The concept is stored in the catalog, so it
-        survives re-indexing and index rebuilds. ConceptError if the name exists (pass
+        survives re-indexing and index rebuilds. ConceptExistsError if the name exists (pass
         `replace=True`) or an example cannot be read. A concept whose examples look like
         different things comes back with `weak=True`.
         """
@@ -429,7 +430,7 @@ class Library:
         vector, params = build_concept(stacked, self.searcher.library_sample())
         signature = self.catalog.model_signature()
         if not self.catalog.put_concept(key, vector, stacked, sources, signature, params, replace=replace):
-            raise ConceptError(f"concept {key!r} already exists: pass --replace (replace=True) to make it again "
+            raise ConceptExistsError(f"concept {key!r} already exists: pass --replace (replace=True) to make it again "
                                "from these examples, or choose another name")
         row = next(r for r in self.catalog.concepts(self.dim) if r.name == key)
         concept = concept_from_row(row, signature)

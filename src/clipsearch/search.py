@@ -220,7 +220,8 @@ class Searcher:
         return self._concepts
 
     def library_sample(self) -> np.ndarray:
-        """The stored vectors of up to `concepts.LIBRARY_SAMPLE` indexed photos (a seeded sample), by id."""
+        """The stored vectors of up to `concepts.LIBRARY_SAMPLE` indexed photos (a seeded sample), by id: what
+        concepts are made against and what the relevance cutoff is calibrated on."""
         from clipsearch.concepts import LIBRARY_SAMPLE
 
         ids = self.catalog.ok_ids()
