@@ -108,9 +108,13 @@ def model_key(model: str, pretrained: str | None) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=8).hexdigest()
 
 
+def _file_name(model: str) -> str:
+    """A model name as a file name's start (no separators)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+
+
 def _paths(folder: Path, model: str, key: str) -> tuple[Path, Path, Path]:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
-    stem = folder / f"{safe}-text-{key}-opset{_OPSET}"
+    stem = folder / f"{_file_name(model)}-text-{key}-opset{_OPSET}"
     return stem.with_suffix(".onnx"), stem.with_name(stem.name + "-embeddings.npy"), stem.with_suffix(".json")
 
 
@@ -314,9 +318,8 @@ def remove_outdated_exports(folder: Path, model: str) -> list[Path]:
     A format-1 ViT-B-32 export is 250 MB; an upgrade would otherwise leave it behind for
     good. Returns the files removed; a file that cannot be removed is left (logged).
     """
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
     removed: list[Path] = []
-    for meta in sorted(folder.glob(f"{safe}-text-*.json")):
+    for meta in sorted(folder.glob(f"{_file_name(model)}-text-*.json")):
         try:
             raw = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, ValueError):
